@@ -1,0 +1,133 @@
+"""Command line: fedlora run | sweep | report | resume."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Federated LoRA fine-tuning with subspace-aware aggregation.")
+console = Console(stderr=True)
+
+
+def _log(msg: str) -> None:
+    console.print(msg, markup=False, highlight=False)
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _int_list(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        if "-" in part.strip()[1:]:
+            lo, hi = part.split("-", 1)
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part.strip():
+            out.append(int(part))
+    return out
+
+
+def _default_out(kind: str, name: str) -> Path:
+    return Path(kind) / name
+
+
+@app.command()
+def run(config: Path = typer.Argument(..., help="YAML config"),
+        set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. method.name=fedavg"),
+        out: Optional[Path] = typer.Option(None, help="run folder (default runs/<config>-<method>-s<seed>)"),
+        overwrite: bool = typer.Option(False, help="replace an existing run folder"),
+        progress: bool = typer.Option(True, help="progress bars")) -> None:
+    """Run one federated training run."""
+    from fedlora.config import ConfigError, load_config
+    from fedlora.engine import train_federation
+    from fedlora.progress import Progress
+
+    try:
+        cfg = load_config(config, set_ or [])
+        out = out or _default_out("runs", f"{config.stem}-{cfg.method.name}-s{cfg.seed}")
+        summary = train_federation(cfg, out, overwrite=overwrite, log=_log,
+                                   progress=Progress(enabled=progress, console=console, label=cfg.method.name))
+    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as err:
+        _fail(err)
+    _log(f"run folder: {out}")
+    typer.echo(_summary_line(summary))
+
+
+@app.command()
+def resume(run_dir: Path = typer.Argument(..., help="run folder to continue"),
+           progress: bool = typer.Option(True, help="progress bars")) -> None:
+    """Continue an interrupted run from its last checkpoint."""
+    from fedlora.engine import train_federation
+    from fedlora.progress import Progress
+    from fedlora.rundir import RunDir
+
+    if RunDir(run_dir).is_complete:
+        _fail(ValueError(f"{run_dir} is already complete"))
+    try:
+        summary = train_federation(None, run_dir, resume=True, log=_log,
+                                   progress=Progress(enabled=progress, console=console))
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(_summary_line(summary))
+
+
+@app.command()
+def sweep(config: Path = typer.Argument(..., help="YAML config (the base of every run)"),
+          methods: str = typer.Option("fedavg,svd,fedsvd,subspace", help="comma-separated method names"),
+          seeds: str = typer.Option("42,43,44", help="e.g. 42,43,44 or 42-44"),
+          models: Optional[str] = typer.Option(None, help="comma-separated model names (default: the config's)"),
+          set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. rounds=5"),
+          out: Optional[Path] = typer.Option(None, help="sweep folder (default sweeps/<config>)"),
+          progress: bool = typer.Option(True, help="progress bars")) -> None:
+    """Run methods x seeds x models; writes results.csv, table.md and comparison plots."""
+    from fedlora.config import ConfigError, load_config
+    from fedlora.methods import METHODS
+    from fedlora.sweep import sweep as run_sweep
+
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in method_list if m not in METHODS]
+    try:
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        cfg = load_config(config, set_ or [])
+        out = out or _default_out("sweeps", config.stem)
+        run_sweep(cfg, out, method_list, _int_list(seeds),
+                  models=[m.strip() for m in models.split(",")] if models else None,
+                  log=_log, progress=progress)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo((out / "table.md").read_text())
+    _log(f"sweep folder: {out} (results.csv, table.md, plots/)")
+
+
+@app.command()
+def report(sweep_dir: Path = typer.Argument(..., help="sweep folder")) -> None:
+    """Rebuild results.csv, table.md and the comparison plots of a sweep folder."""
+    from fedlora.sweep import report as build_report
+
+    try:
+        typer.echo(build_report(sweep_dir))
+    except FileNotFoundError as err:
+        _fail(err)
+
+
+def _summary_line(s: dict) -> str:
+    return (f"{s['method']} seed {s['seed']}: best acc {s['best_accuracy']:.4f} (round {s['best_round']}), "
+            f"final acc {s['final_accuracy']:.4f}, final loss {s['final_loss']:.4f}, "
+            f"overlap {s['basis_overlap']} / code {s['basis_overlap_code']}")
+
+
+def main() -> None:  # pragma: no cover
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

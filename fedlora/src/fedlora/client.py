@@ -1,0 +1,126 @@
+"""Local training of one client, starting from the global adapter.
+
+Examples are drawn as one stream (a fresh permutation per pass over the client's data, from a
+generator seeded by (seed, round, client)) and cut into micro-batches of `batch_size`; every
+`grad_accum` micro-batches make one AdamW step on the example-weighted mean gradient. Hence a
+batch of 8 and micro-batch 1 x accumulation 8 see the same examples and take the same step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from fedlora.adapters import live_factors, read_state, set_trainable, write_state
+from fedlora.config import FAMILY_DEFAULTS, TrainConfig
+from fedlora.scoring import Encoded, batch_to, choice_loss, choice_scores
+from fedlora.state import AdapterState
+
+
+@dataclass(frozen=True)
+class LocalTrain:
+    """TrainConfig with the family defaults filled in."""
+
+    lr: float
+    weight_decay: float
+    grad_clip: float  # 0: off
+    batch_size: int
+    grad_accum: int
+    max_local_steps: int  # micro-batches per round
+    local_epochs: float | None = None  # optional cap in passes over the client's data
+
+
+def resolve_train(train: TrainConfig, family: str) -> LocalTrain:
+    defaults = FAMILY_DEFAULTS[family]
+    return LocalTrain(
+        lr=train.lr if train.lr is not None else defaults["lr"],
+        weight_decay=train.weight_decay,
+        grad_clip=train.grad_clip if train.grad_clip is not None else defaults["grad_clip"],
+        batch_size=train.batch_size,
+        grad_accum=train.grad_accum,
+        max_local_steps=train.max_local_steps if train.max_local_steps is not None else defaults["max_local_steps"],
+        local_epochs=train.local_epochs,
+    )
+
+
+@dataclass
+class ClientResult:
+    state: AdapterState
+    mean_loss: float  # example-weighted mean task loss over the round
+    examples: int
+    micro_batches: int
+    optimizer_steps: int
+
+
+def derive_seed(seed: int | Sequence[int]) -> int:
+    """One 63-bit seed from (seed, round, client), stable across platforms."""
+    key = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    return int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def example_stream(n: int, total: int, generator: torch.Generator) -> list[int]:
+    """`total` example indices: concatenated fresh permutations of range(n)."""
+    order: list[int] = []
+    while len(order) < total:
+        order += torch.randperm(n, generator=generator).tolist()
+    return order[:total]
+
+
+def plan_micro_batches(n: int, train: LocalTrain, generator: torch.Generator) -> list[list[int]]:
+    """Example indices of each micro-batch of this round."""
+    total = train.max_local_steps * train.batch_size
+    if train.local_epochs is not None:
+        total = min(total, math.ceil(train.local_epochs * n))
+    stream = example_stream(n, total, generator)
+    return [stream[i : i + train.batch_size] for i in range(0, len(stream), train.batch_size)]
+
+
+def _penalty_fn(method: Any, start: AdapterState, device: torch.device):
+    if not method.penalty.active:
+        return None
+    from fedlora.penalty import SubspacePenalty
+
+    reference = start.map_tensors(lambda t: t.to(device))
+    return SubspacePenalty(reference, method.penalty, method.scaling)
+
+
+def local_update(model: Any, family: str, data: Encoded, start: AdapterState, method: Any,
+                 train: LocalTrain, seed: int | Sequence[int]) -> ClientResult:
+    """Train the client's copy of the adapter from `start`; returns its new state and stats."""
+    if len(data) == 0:
+        raise ValueError("local_update: the client has no examples")
+    device = next(model.parameters()).device
+    write_state(model, start)
+    params = set_trainable(model, freeze_a=method.freeze_a)
+    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    penalty = _penalty_fn(method, start, device)
+    key = derive_seed(seed)
+    generator = torch.Generator().manual_seed(key)
+    micro = plan_micro_batches(len(data), train, generator)
+    groups = [micro[i : i + train.grad_accum] for i in range(0, len(micro), train.grad_accum)]
+    loss_sum, seen = 0.0, 0
+    model.train()
+    # Dropout draws from the global RNG: seed it per (seed, round, client) without leaking out.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(key)
+        for group in groups:
+            optimizer.zero_grad(set_to_none=True)
+            group_size = sum(len(mb) for mb in group)
+            for mb in group:
+                batch = batch_to(data.batch(mb), device)
+                losses = choice_loss(choice_scores(model, family, batch), batch.labels, reduction="none")
+                # Sum over the group / group size: the mean gradient whatever the micro-batching.
+                (losses.sum() / group_size).backward()
+                loss_sum += losses.detach().sum().item()
+                seen += len(mb)
+            if penalty is not None:
+                penalty(live_factors(model)).backward()  # once per step: params fixed within a group
+            if train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
+            optimizer.step()
+    model.eval()
+    return ClientResult(state=read_state(model), mean_loss=loss_sum / seen, examples=seen,
+                        micro_batches=len(micro), optimizer_steps=len(groups))

@@ -1,0 +1,250 @@
+"""In-process federated simulator: the default engine.
+
+One process, one base model loaded once; per sampled client the global adapter is written into
+the live LoRA parameters, trained locally, read back; the server aggregates, measures geometry
+and evaluates. Every random choice derives from (seed, round, client), so a resumed run
+replays the same numbers as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from fedlora.adapters import read_state, save_peft_adapter, write_state
+from fedlora.client import ClientResult, local_update, resolve_train
+from fedlora.config import FAMILY_DEFAULTS, RunConfig
+from fedlora.data import Item, load_pools
+from fedlora.evaluation import evaluate
+from fedlora.geometry import round_geometry
+from fedlora.methods import Method, build_method
+from fedlora.models import add_lora, initial_state, load_base
+from fedlora.partition import Partition, make_partition, partition_stats, sample_clients
+from fedlora.progress import Progress
+from fedlora.rundir import RunDir
+from fedlora.scoring import encode
+from fedlora.state import AdapterState
+from fedlora.summary import summarize
+
+Log = Callable[[str], None]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Federation:
+    """Everything a round needs, built once per run."""
+
+    cfg: RunConfig
+    model: torch.nn.Module
+    tokenizer: object
+    family: str
+    method: Method
+    partition: Partition
+    client_items: list[list[Item]]
+    client_data: list  # pre-tokenised per client
+    eval_data: object  # pre-tokenised eval subset
+    partition_stats: dict
+
+    @property
+    def sampled_per_round(self) -> int:
+        fed = self.cfg.federation
+        return math.ceil(fed.num_clients * fed.fraction)
+
+
+_MODEL_CACHE: dict[str, tuple] = {}
+
+
+def _load_model(cfg: RunConfig, device: torch.device, log: Log):
+    """Base model + LoRA wrapper, shared by every run of one process with the same model/LoRA."""
+    key = repr((cfg.model.model_dump(), cfg.lora.model_dump(), str(device)))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()  # keep one model in memory at a time
+        loaded = load_base(cfg.model, device, log=log)
+        model = add_lora(loaded.model, cfg.lora, loaded.family)
+        _MODEL_CACHE[key] = (model, loaded.tokenizer, loaded.family)
+    return _MODEL_CACHE[key]
+
+
+def build_federation(cfg: RunConfig, log: Log = print) -> Federation:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    pools = load_pools(cfg.data, cfg.seed, log=log)
+    partition = make_partition(pools.train, cfg.federation, cfg.seed, log=log)
+    client_items = [[pools.train[i] for i in idx] for idx in partition.clients]
+    model, tokenizer, family = _load_model(cfg, device, log)
+    method = build_method(cfg.method, rank=cfg.lora.r, scaling=cfg.lora.scaling,
+                          family_clip_tau=FAMILY_DEFAULTS[family]["clip_tau"])
+    max_len = cfg.data.max_length
+    return Federation(
+        cfg=cfg, model=model, tokenizer=tokenizer, family=family, method=method,
+        partition=partition, client_items=client_items,
+        client_data=[encode(items, tokenizer, family, max_len) for items in client_items],
+        eval_data=encode(pools.eval, tokenizer, family, max_len),
+        partition_stats={"scheme": partition.scheme, "fallback_reason": partition.fallback_reason,
+                         **partition_stats(partition, [it.activity_label for it in pools.train])},
+    )
+
+
+def evaluate_state(fed: Federation, state: AdapterState) -> dict:
+    write_state(fed.model, state)
+    return evaluate(fed.model, fed.family, fed.eval_data, fed.cfg.eval.batch_size)
+
+
+def aggregation_weights(fed: Federation, clients: list[int], results: list[ClientResult]) -> torch.Tensor:
+    if fed.cfg.federation.weighting == "trained":
+        n = [r.examples for r in results]
+    else:
+        n = [len(fed.client_items[k]) for k in clients]
+    n = torch.tensor(n, dtype=torch.float64)
+    return (n / n.sum()).float()
+
+
+def upload_bytes(update: AdapterState, freeze_a: bool) -> int:
+    """Bytes a client sends: its trained tensors only (FedSVD clients keep A frozen)."""
+    if not freeze_a:
+        return update.nbytes()
+    tensors = [f.B for f in update.lora.values()] + list(update.head.values())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def client_update(fed: Federation, state: AdapterState, round_idx: int, client: int) -> ClientResult:
+    """Client `client`'s local training in round `round_idx`, starting from the global `state`."""
+    train = resolve_train(fed.cfg.train, fed.family)
+    return local_update(fed.model, fed.family, fed.client_data[client], state, fed.method, train,
+                        seed=(fed.cfg.seed, round_idx, client))
+
+
+def server_update(fed: Federation, state: AdapterState, round_idx: int, clients: list[int],
+                  results: list[ClientResult], time_train_s: float) -> tuple[AdapterState, dict]:
+    """Aggregate the replies of `clients`, measure geometry, evaluate: the new global and the
+    round's metrics record. Shared by the in-process engine and the Flower server."""
+    cfg = fed.cfg
+    t1 = time.perf_counter()
+    weights = aggregation_weights(fed, clients, results)
+    updates = [r.state for r in results]
+    # Contiguous, as a checkpoint reloads it: identical memory layout keeps resumed runs bit-exact.
+    new_state = fed.method.aggregate(updates, weights, state).map_tensors(torch.Tensor.contiguous)
+    t2 = time.perf_counter()
+    geometry = round_geometry(updates, weights, state, new_state, cfg.lora.scaling)
+    t3 = time.perf_counter()
+    last = round_idx == cfg.rounds
+    scores = evaluate_state(fed, new_state) if last or round_idx % cfg.eval.every == 0 else {}
+    t4 = time.perf_counter()
+    record = {
+        "round": round_idx,
+        "clients": clients,
+        "weights": [round(w, 6) for w in weights.tolist()],
+        "accuracy": scores.get("accuracy"),
+        "loss": scores.get("loss"),
+        "client_loss": float(sum(r.mean_loss for r in results) / len(results)),
+        "examples_trained": [r.examples for r in results],
+        "optimizer_steps": [r.optimizer_steps for r in results],
+        "time_train_s": time_train_s,
+        "time_aggregate_s": t2 - t1,
+        "time_geometry_s": t3 - t2,
+        "time_eval_s": t4 - t3,
+        "bytes_up": sum(upload_bytes(u, fed.method.freeze_a) for u in updates),
+        "bytes_down": len(clients) * state.nbytes(),
+        "geometry": geometry,
+    }
+    return new_state, record
+
+
+def run_round(fed: Federation, state: AdapterState, round_idx: int, progress: Progress) -> tuple[AdapterState, dict]:
+    """One in-process round: the sampled clients train one after another on the shared model."""
+    cfg = fed.cfg
+    clients = sample_clients(cfg.seed, round_idx, cfg.federation.num_clients, cfg.federation.fraction)
+    t0 = time.perf_counter()
+    results = [client_update(fed, state, round_idx, k) for k in progress.clients(clients, round_idx)]
+    return server_update(fed, state, round_idx, clients, results, time.perf_counter() - t0)
+
+
+class RunRecorder:
+    """Bookkeeping of one run folder shared by every engine: metrics, best/final adapters,
+    checkpoint after every round, summary and plots at the end."""
+
+    def __init__(self, fed: Federation, run_dir: RunDir, resume: bool, log: Log = print):
+        self.fed, self.run_dir, self.log = fed, run_dir, log
+        self.started = time.perf_counter()
+        checkpoint = run_dir.load_checkpoint() if resume else None
+        if not resume:
+            run_dir.create(fed.cfg)
+        run_dir.set_status("running")
+        run_dir.write_json("partition.json", fed.partition_stats)
+        if checkpoint:
+            self.state, round_state = checkpoint
+            self.next_round = round_state["round"] + 1
+            self.best = round_state["best"]
+            self.elapsed = round_state["wall_s"]
+            self.metrics = run_dir.truncate_metrics(round_state["round"])
+            log(f"resuming {run_dir.path} after round {round_state['round']}")
+        else:
+            self.metrics = run_dir.truncate_metrics(-1) if resume else []
+            self.state = initial_state(fed.model, fed.cfg.seed)
+            self.next_round, self.best, self.elapsed = 1, {"accuracy": -1.0, "round": 0}, 0.0
+            if fed.cfg.eval.zero_shot:
+                self._append({"round": 0, **evaluate_state(fed, self.state)})
+
+    def _append(self, record: dict) -> None:
+        self.metrics.append(record)
+        self.run_dir.append_metrics(record)
+
+    def wall_s(self) -> float:
+        return self.elapsed + time.perf_counter() - self.started
+
+    def record_round(self, state: AdapterState, record: dict) -> None:
+        self.state = state
+        self._append(record)
+        acc = record["accuracy"]
+        if acc is not None and acc > self.best["accuracy"]:
+            self.best = {"accuracy": acc, "round": record["round"]}
+            save_peft_adapter(self.fed.model, state, self.run_dir.path / "adapter_best")
+        self.run_dir.save_checkpoint(state, {"round": record["round"], "best": self.best,
+                                             "wall_s": self.wall_s()})
+        self.next_round = record["round"] + 1
+
+    def finish(self, **extra) -> dict:
+        from fedlora.plots import plot_run  # matplotlib only when a run finishes
+
+        cfg = self.fed.cfg
+        save_peft_adapter(self.fed.model, self.state, self.run_dir.path / "adapter_final")
+        summary = {"method": cfg.method.name, "seed": cfg.seed, "model": cfg.model.name,
+                   **summarize(self.metrics), "wall_s": self.wall_s(), **extra}
+        plot_run(self.metrics, self.run_dir.path / "plots", title=f"{cfg.method.name} seed {cfg.seed}")
+        self.run_dir.write_summary(summary)
+        return summary
+
+
+def train_federation(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
+                     overwrite: bool = False, log: Log = print, progress: Progress | None = None) -> dict:
+    """Run (or, with resume=True, continue) one federated run in the folder `out`."""
+    run_dir = RunDir(out)
+    if resume:
+        cfg = run_dir.load_config()
+    elif not overwrite:
+        run_dir.check_free()
+    progress = progress or Progress(enabled=False)
+    # Data, partition and model first: bad input fails before any run folder is written or replaced.
+    fed = build_federation(cfg, log=log)
+    if overwrite and not resume:
+        run_dir.remove()
+    recorder = RunRecorder(fed, run_dir, resume, log)
+    try:
+        for round_idx in progress.rounds(range(recorder.next_round, cfg.rounds + 1), cfg.rounds):
+            state, record = run_round(fed, recorder.state, round_idx, progress)
+            recorder.record_round(state, record)
+            progress.report(record)
+        return recorder.finish(engine="in-process")
+    except BaseException as err:
+        run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
+        raise

@@ -1,0 +1,109 @@
+"""AdapterState and client results <-> Flower records: the one place that knows the wire format.
+
+Message content layout (keys of the RecordDict):
+    "arrays"  ArrayRecord   adapter tensors, keys of `AdapterState.flat_dict()`
+                            (FedSVD clients keep A frozen, so they send B and the head only)
+    "config"  ConfigRecord  server -> client: server-round, client (the partition to train)
+    "metrics" MetricRecord  client -> server: the ClientResult statistics and num-examples
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedlora.client import ClientResult
+from fedlora.state import AdapterState, LoraFactors
+
+ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
+ROUND_KEY, CLIENT_KEY = "server-round", "client"
+RESULT_FIELDS = ("mean_loss", "examples", "micro_batches", "optimizer_steps")
+
+
+def state_to_arrays(state: AdapterState, trained_only: bool = False) -> ArrayRecord:
+    """ArrayRecord of the adapter (float tensors are sent bit-exact in their own dtype).
+
+    trained_only: leave out the LoRA A factors (FedSVD: clients never change A)."""
+    record = ArrayRecord()
+    for key, tensor in state.flat_dict().items():
+        if trained_only and key.startswith("lora::") and key.endswith("::A"):
+            continue
+        record[key] = Array(tensor.detach().cpu().contiguous().numpy())
+    return record
+
+
+def arrays_to_state(record: ArrayRecord, like: AdapterState | None = None) -> AdapterState:
+    """AdapterState from an ArrayRecord; missing A factors are taken from `like` (the start).
+
+    When `like` is given the keys and shapes must match it exactly, else a ValueError names them."""
+    flat = {k: torch.from_numpy(np.array(v.numpy(), copy=True)) for k, v in record.items()}
+    if like is None:
+        return AdapterState.from_flat_dict(flat)
+    expected = like.flat_dict()
+    for key, tensor in expected.items():
+        if key not in flat and key.endswith("::A"):
+            flat[key] = tensor.detach().clone()
+    missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
+    if missing or extra:
+        raise ValueError(f"adapter record does not match the global adapter: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}")
+    for key, tensor in expected.items():
+        if tuple(flat[key].shape) != tuple(tensor.shape):
+            raise ValueError(f"adapter tensor {key!r} has shape {tuple(flat[key].shape)}, expected "
+                             f"{tuple(tensor.shape)}")
+    return AdapterState.from_flat_dict({k: flat[k] for k in expected})
+
+
+def train_content(state: AdapterState, round_idx: int, client: int) -> RecordDict:
+    """Server -> client: the global adapter and which partition to train in which round."""
+    return RecordDict({ARRAYS: state_to_arrays(state),
+                       CONFIG: ConfigRecord({ROUND_KEY: round_idx, CLIENT_KEY: client})})
+
+
+def read_train_config(content: RecordDict) -> tuple[int, int]:
+    config = content[CONFIG]
+    for key in (ROUND_KEY, CLIENT_KEY):
+        if key not in config:
+            raise ValueError(f"train message lacks config key {key!r}")
+    return int(config[ROUND_KEY]), int(config[CLIENT_KEY])
+
+
+def result_content(result: ClientResult, client: int, trained_only: bool) -> RecordDict:
+    """Client -> server: the trained adapter and the statistics of the local update."""
+    metrics = MetricRecord({
+        "client": client,
+        "mean_loss": float(result.mean_loss),
+        "examples": int(result.examples),
+        "micro_batches": int(result.micro_batches),
+        "optimizer_steps": int(result.optimizer_steps),
+        "num-examples": int(result.examples),  # the key Flower's strategies weight by
+    })
+    return RecordDict({ARRAYS: state_to_arrays(result.state, trained_only), METRICS: metrics})
+
+
+def read_result(content: RecordDict, start: AdapterState) -> tuple[int, ClientResult]:
+    """(client index, ClientResult) from a train reply; A factors not sent are those of `start`."""
+    if ARRAYS not in content or METRICS not in content:
+        raise ValueError(f"train reply must hold {ARRAYS!r} and {METRICS!r}, got {sorted(content)}")
+    metrics = content[METRICS]
+    missing = [k for k in ("client", *RESULT_FIELDS) if k not in metrics]
+    if missing:
+        raise ValueError(f"train reply metrics lack {missing}")
+    state = arrays_to_state(content[ARRAYS], like=start)
+    result = ClientResult(state=state, mean_loss=float(metrics["mean_loss"]), examples=int(metrics["examples"]),
+                          micro_batches=int(metrics["micro_batches"]),
+                          optimizer_steps=int(metrics["optimizer_steps"]))
+    return int(metrics["client"]), result
+
+
+def metric_record(values: dict[str, Any]) -> MetricRecord:
+    """MetricRecord of the numeric entries of `values` (None and non-numbers are left out)."""
+    return MetricRecord({k: float(v) for k, v in values.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+
+def wire_bytes(record: ArrayRecord) -> int:
+    """Bytes of the tensor payload as Flower serialises it."""
+    return int(record.count_bytes())

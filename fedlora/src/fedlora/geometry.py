@@ -1,0 +1,160 @@
+"""Per-round geometry of client updates: subspace overlap, principal angles, cancellation.
+
+Every metric is computed per LoRA layer and then averaged over layers with equal weight
+(layers where a metric is undefined, e.g. a cosine with a zero update, are left out of that
+average). Client averages inside a layer are unweighted (1/K), as in the paper's overlap.
+
+Nothing of size d_out x d_in is formed. An update s B A is kept as factors; inner products are
+<B1 A1, B2 A2>_F = tr((B1^T B2)(A2 A1^T)), so the K clients, the new global and the round's start
+give one (K+2) x (K+2) Gram matrix from which norms, cosines, cancellation, and (by linear
+combination) the same quantities on deltas dW_k - dW_start are read. Work is in float64 because
+delta norms are differences of nearly equal Gram entries.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from fedlora.methods.base import check_same_layout, check_weights
+from fedlora.state import AdapterState
+
+GEOMETRY_KEYS = (
+    "basis_overlap", "basis_overlap_code", "principal_angle_mean_deg", "principal_angle_max_deg",
+    "cancellation_ratio", "client_global_cosine", "pairwise_client_cosine",
+    "cancellation_ratio_delta", "client_global_cosine_delta", "pairwise_client_cosine_delta",
+)
+
+
+def orthonormal_basis(B: Tensor) -> Tensor:
+    """Q of the reduced QR of B (..., d, k): orthonormal columns spanning B's columns."""
+    return torch.linalg.qr(B)[0]
+
+
+def _overlap_orthonormal(Qu: Tensor, Qv: Tensor) -> Tensor:
+    r = min(Qu.shape[-1], Qv.shape[-1])
+    return (Qu.transpose(-1, -2) @ Qv).square().sum((-2, -1)) / r
+
+
+def basis_overlap(U: Tensor, V: Tensor) -> Tensor:
+    """||Q(U)^T Q(V)||_F^2 / r, r = the smaller column count: mean squared cosine of the principal
+    angles, in [0, 1], 1 iff one span contains the other; unchanged by U -> U R (R invertible)."""
+    return _overlap_orthonormal(orthonormal_basis(U), orthonormal_basis(V))
+
+
+def _angles_orthonormal(Qu: Tensor, Qv: Tensor) -> Tensor:
+    M = Qu.transpose(-1, -2) @ Qv
+    cos = torch.linalg.svdvals(M).clamp(0.0, 1.0)  # descending -> angles ascending
+    # Small angles are ill-conditioned through arccos; take them from the sines instead
+    # (the residual of the narrower basis off the other span), as scipy.linalg.subspace_angles.
+    if Qu.shape[-1] >= Qv.shape[-1]:
+        residual = Qv - Qu @ M
+    else:
+        residual = Qu - Qv @ M.transpose(-1, -2)
+    sin = torch.linalg.svdvals(residual).clamp(0.0, 1.0).flip(-1)  # ascending
+    return torch.where(cos.square() >= 0.5, torch.arcsin(sin), torch.arccos(cos))
+
+
+def principal_angles(U: Tensor, V: Tensor) -> Tensor:
+    """Principal angles (radians, ascending) between span(U) and span(V), U (..., d, k_u)."""
+    return _angles_orthonormal(orthonormal_basis(U), orthonormal_basis(V))
+
+
+def factored_gram(Bs: list[Tensor], As: list[Tensor]) -> Tensor:
+    """G_ij = <B_i A_i, B_j A_j>_F for factors of equal rank r, without forming B_i A_i.
+
+    With B = [B_1 ... B_n] and A = [A_1; ...; A_n], entry (i, j) is the sum of the (i, j) r x r
+    block of (B^T B) * (A A^T) elementwise, since tr((B_i^T B_j)(A_j A_i^T)) = sum((B_i^T B_j) * (A_i A_j^T)).
+    """
+    n, r = len(Bs), Bs[0].shape[1]
+    B = torch.cat(Bs, dim=1)
+    A = torch.cat(As, dim=0)
+    return ((B.T @ B) * (A @ A.T)).view(n, r, n, r).sum((1, 3))
+
+
+def _cosine(gram: Tensor, i: Tensor | int, j: Tensor | int) -> Tensor:
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    return gram[i, j] / (norms[i] * norms[j])  # 0/0 -> nan: undefined for a zero update
+
+
+def _flow_metrics(gram: Tensor, p: Tensor, suffix: str) -> dict[str, float]:
+    """Cancellation and cosines from the Gram of [clients..., global] (last row: global)."""
+    K = p.shape[0]
+    clients = gram[:K, :K]
+    norms = clients.diagonal().clamp_min(0).sqrt()
+    mean_norm = (p * norms).sum()
+    combined = (p @ clients @ p).clamp_min(0).sqrt()
+    idx = torch.arange(K)
+    pairs = torch.triu_indices(K, K, offset=1)
+    pairwise = _cosine(gram, pairs[0], pairs[1]).mean() if K > 1 else torch.tensor(math.nan)
+    return {
+        f"cancellation_ratio{suffix}": (combined / mean_norm).item(),
+        f"client_global_cosine{suffix}": _cosine(gram, idx, K).mean().item(),
+        f"pairwise_client_cosine{suffix}": pairwise.item(),
+    }
+
+
+def _subspace_metrics(B_clients: Tensor, B_g: Tensor) -> dict[str, float]:
+    """Overlaps and principal angles of span(B_k) (K, d_out, r) against the new global."""
+    r = B_g.shape[1]
+    Q_k = orthonormal_basis(B_clients)
+    # The top-r left singular vectors of B_g A_g = Q_g (R_g A_g) are Q_g times an r x r rotation
+    # whenever dW_g has rank r, and the overlap depends on the span only: U_g = Q(B_g) is exact
+    # (and one valid choice of the non-unique top-r vectors when the rank is lower).
+    Q_g = orthonormal_basis(B_g)
+    cos_sq = (Q_k.transpose(-1, -2) @ Q_g).square().sum((-2, -1))  # (K,) = ||Q_k^T Q_g||_F^2
+    angles = torch.rad2deg(_angles_orthonormal(Q_k, Q_g.expand_as(Q_k)))  # (K, r)
+    return {
+        "basis_overlap": (cos_sq / r).mean().item(),
+        "basis_overlap_code": (cos_sq.sqrt() / math.sqrt(r)).clamp(0, 1).mean().item(),
+        "principal_angle_mean_deg": angles.mean().item(),
+        "principal_angle_max_deg": angles.amax(-1).mean().item(),
+    }
+
+
+def _layer_geometry(clients, p: Tensor, start, new, scaling: float) -> dict[str, float]:
+    f64 = torch.float64
+    Bs = [f.B.to(f64) * scaling for f in clients] + [new.B.to(f64) * scaling, start.B.to(f64) * scaling]
+    As = [f.A.to(f64) for f in clients] + [new.A.to(f64), start.A.to(f64)]
+    gram = factored_gram(Bs, As)  # order: clients, global, start
+    K = p.shape[0]
+    # Deltas as linear combinations: delta_k = dW_k - dW_start, delta_g = dW_g - dW_start.
+    C = torch.eye(K + 2, dtype=f64)[: K + 1]
+    C[:, K + 1] = -1.0
+    out = _flow_metrics(gram[: K + 1, : K + 1], p, "")
+    out |= _flow_metrics(C @ gram @ C.T, p, "_delta")
+    B_clients = torch.stack([f.B.to(f64) for f in clients])
+    out |= _subspace_metrics(B_clients, new.B.to(f64))
+    return out
+
+
+def round_geometry(updates: list[AdapterState], weights: Tensor, start: AdapterState,
+                   new: AdapterState, scaling: float) -> dict[str, float]:
+    """Geometry of one round, per layer then averaged over layers with equal weight.
+
+    Keys (`GEOMETRY_KEYS`):
+    - basis_overlap: paper definition (1/K) sum_k ||U_g^T Q(B_k)||_F^2 / r, U_g the top-r left
+      singular vectors of dW_g = s B_g A_g of the NEW global (span(U_g) = span(B_g) when dW_g has
+      rank r). The paper writes B_k; its orthonormal basis Q(B_k) (reduced QR) is used so the
+      value is in [0, 1] and independent of B_k's basis.
+    - basis_overlap_code: reference-code definition, mean_k clip_[0,1](||Q(B_k)^T Q(B_g)||_F / sqrt(r)).
+    - principal_angle_mean_deg / principal_angle_max_deg: angles between span(B_k) and span(B_g);
+      per client the mean / the largest angle, then the mean over clients.
+    - cancellation_ratio ||sum p_k dW_k|| / sum p_k ||dW_k||, client_global_cosine mean_k
+      cos(dW_k, dW_g), pairwise_client_cosine mean over client pairs (nan for one client);
+      the same three with suffix _delta on dW_k - dW_start, dW_g - dW_start.
+    """
+    p = check_weights(weights, len(updates))
+    if not start.lora:
+        raise ValueError("round_geometry needs at least one LoRA layer")
+    check_same_layout(updates, start)
+    check_same_layout([new], start)
+    if not scaling > 0:
+        raise ValueError(f"round_geometry scaling must be > 0, got {scaling!r}")
+    per_layer = [
+        _layer_geometry([u.lora[name] for u in updates], p, start.lora[name], new.lora[name], scaling)
+        for name in start.lora
+    ]
+    table = torch.tensor([[row[k] for k in GEOMETRY_KEYS] for row in per_layer], dtype=torch.float64)
+    return dict(zip(GEOMETRY_KEYS, torch.nanmean(table, dim=0).tolist()))

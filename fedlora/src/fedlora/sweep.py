@@ -1,0 +1,79 @@
+"""Sweeps over methods x seeds x models, and the report built from a sweep folder."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from fedlora.config import RunConfig
+from fedlora.engine import train_federation
+from fedlora.plots import _slug, plot_comparison
+from fedlora.progress import Progress
+from fedlora.rundir import RunDir, atomic_write_text
+from fedlora.summary import markdown_table, read_results_csv, write_results_csv
+
+Log = Callable[[str], None]
+
+
+def run_folder(sweep_dir: Path, model: str, method: str, seed: int) -> Path:
+    return Path(sweep_dir) / _slug(Path(model).name or model) / method / f"seed{seed}"
+
+
+def sweep(base: RunConfig, out: str | Path, methods: list[str], seeds: list[int],
+          models: list[str] | None = None, log: Log = print, progress: bool = False) -> Path:
+    """Run every (model, method, seed); complete runs are kept, interrupted ones resumed."""
+    out = Path(out)
+    for model in models or [base.model.name]:
+        for seed in seeds:
+            for method in methods:
+                cfg = base.model_copy(deep=True)
+                cfg.model.name = model
+                cfg.method.name = method
+                cfg.seed = seed
+                folder = run_folder(out, model, method, seed)
+                run = RunDir(folder)
+                if run.is_complete:
+                    log(f"[skip] {folder} is complete")
+                    continue
+                resume = (folder / "checkpoint").exists()
+                log(f"[run] model={model} method={method} seed={seed} -> {folder}")
+                bar = Progress(enabled=progress, label=f"{method}/s{seed}")
+                train_federation(cfg, folder, resume=resume, overwrite=not resume, log=log, progress=bar)
+    report(out)
+    return out
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """One row per run folder under `sweep_dir` (unfinished runs marked, not dropped)."""
+    rows = []
+    for config in sorted(Path(sweep_dir).rglob("config.yaml")):
+        run = RunDir(config.parent)
+        cfg = run.load_config()
+        row = {"model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed,
+               "run_dir": str(config.parent.relative_to(sweep_dir)), "status": run.status}
+        if run.is_complete:
+            row.update(run.read_summary())
+            row["status"] = "complete"
+        rows.append(row)
+    return rows
+
+
+def report(sweep_dir: str | Path) -> str:
+    """Write results.csv, table.md and comparison plots for a sweep folder; return the table."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    if not rows:
+        raise FileNotFoundError(f"no run folders (config.yaml) under {sweep_dir}")
+    write_results_csv(rows, sweep_dir / "results.csv")
+    rows = read_results_csv(sweep_dir / "results.csv")
+    table = "\n".join([
+        "## Results (population std, ddof=0, as the reference table)", "",
+        markdown_table(rows, ddof=0),
+        "## Results (sample std, ddof=1)", "",
+        markdown_table(rows, ddof=1),
+    ])
+    atomic_write_text(sweep_dir / "table.md", table)
+    for model in sorted({r["model"] for r in rows}):
+        runs = [(r["method"], RunDir(sweep_dir / r["run_dir"]).read_metrics())
+                for r in rows if r["model"] == model]
+        plot_comparison(runs, sweep_dir / "plots", model=Path(model).name or model)
+    return table

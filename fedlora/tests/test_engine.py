@@ -1,0 +1,156 @@
+"""End-to-end runs of the in-process engine on a tiny random model and the shared HellaSwag data."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import make_encoder, make_tokenizer, shared_file
+
+from fedlora.config import ConfigError, config_from_dict, load_config
+from fedlora.engine import train_federation
+from fedlora.progress import Progress
+from fedlora.rundir import RunDir
+
+TIMING_KEYS = {"time_train_s", "time_aggregate_s", "time_geometry_s", "time_eval_s"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-roberta")
+    tokenizer = make_tokenizer()
+    make_encoder(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_config(model_dir, **overrides):
+    shared_file("hellaswag/hellaswag_train_3368.jsonl")
+    tree = {
+        "seed": 7, "rounds": 2, "device": "cpu",
+        "data": {"train_size": 120, "eval_size": 16, "max_length": 40},
+        "model": {"name": str(model_dir)},
+        "lora": {"r": 4, "alpha": 8},
+        "federation": {"num_clients": 4, "fraction": 0.5, "min_client_size": 4},
+        "train": {"batch_size": 4, "max_local_steps": 2},
+        "method": {"name": "subspace"},
+        "eval": {"batch_size": 16},
+    }
+    for dotted, value in overrides.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return config_from_dict(tree)
+
+
+def without_timing(metrics):
+    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]
+
+
+@pytest.mark.parametrize("method", ["fedavg", "svd", "fedsvd", "subspace"])
+def test_two_round_run_writes_every_output(tiny_model_dir, tmp_path, method):
+    from peft import PeftModel
+
+    cfg = tiny_config(tiny_model_dir, **{"method.name": method})
+    out = tmp_path / method
+    summary = train_federation(cfg, out, log=lambda m: None)
+    run = RunDir(out)
+    assert run.is_complete
+    metrics = run.read_metrics()
+    assert [m["round"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert 0.0 <= m["accuracy"] <= 1.0 and m["loss"] > 0
+        assert len(m["clients"]) == 2 and abs(sum(m["weights"]) - 1) < 1e-5
+        assert 0.0 <= m["geometry"]["basis_overlap"] <= 1.0 + 1e-6
+        assert m["bytes_up"] > 0 and m["bytes_down"] > 0
+    assert summary["final_accuracy"] == metrics[-1]["accuracy"]
+    assert summary["best_accuracy"] == max(m["accuracy"] for m in metrics)
+    for name in ["config.yaml", "summary.json", "partition.json", "status.json",
+                 "checkpoint/global.safetensors", "checkpoint/round.json",
+                 "plots/accuracy.png", "plots/loss.png", "plots/overlap.png", "plots/cancellation.png"]:
+        assert (out / name).is_file(), name
+    stats = json.loads((out / "partition.json").read_text())
+    assert sum(c["size"] for c in stats["clients"]) == 120
+    assert load_config(out / "config.yaml").method.name == method
+    # The final adapter loads with PEFT and carries the trained (non-zero) B factors.
+    base = make_encoder(len(make_tokenizer()))
+    peft_model = PeftModel.from_pretrained(base, out / "adapter_final")
+    b_norm = sum(p.abs().sum().item() for n, p in peft_model.named_parameters() if "lora_B" in n)
+    assert b_norm > 0
+    # FedSVD clients only upload B (+ head): fewer bytes up than a full adapter.
+    if method == "fedsvd":
+        assert metrics[0]["bytes_up"] < metrics[0]["bytes_down"]
+
+
+def test_resumed_run_matches_uninterrupted(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, rounds=4)
+    train_federation(cfg, tmp_path / "full", log=lambda m: None)
+
+    class StopAfterRound2(Progress):
+        def report(self, record):
+            if record["round"] == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_federation(cfg, tmp_path / "cut", log=lambda m: None, progress=StopAfterRound2(enabled=False))
+    cut = RunDir(tmp_path / "cut")
+    assert cut.status == "failed" and not cut.is_complete
+    assert [m["round"] for m in cut.read_metrics()] == [1, 2]
+    train_federation(None, tmp_path / "cut", resume=True, log=lambda m: None)
+    full, resumed = RunDir(tmp_path / "full").read_metrics(), cut.read_metrics()
+    assert without_timing(resumed) == without_timing(full)
+    summary = cut.read_summary()
+    assert summary["best_accuracy"] == RunDir(tmp_path / "full").read_summary()["best_accuracy"]
+
+
+def test_zero_penalty_is_bit_identical_to_server_only(tiny_model_dir, tmp_path):
+    zero = tiny_config(tiny_model_dir, **{"method.mu": 0.0, "method.a_b": 0.0, "method.lam": 0.0})
+    server_only = tiny_config(tiny_model_dir, **{"method.name": "subspace-server-only"})
+    train_federation(zero, tmp_path / "zero", log=lambda m: None)
+    train_federation(server_only, tmp_path / "server", log=lambda m: None)
+    a = without_timing(RunDir(tmp_path / "zero").read_metrics())
+    b = without_timing(RunDir(tmp_path / "server").read_metrics())
+    assert a == b
+    # ...and the penalty does change the run when it is on.
+    train_federation(tiny_config(tiny_model_dir, **{"method.mu": 50.0}), tmp_path / "on", log=lambda m: None)
+    c = without_timing(RunDir(tmp_path / "on").read_metrics())
+    assert [m["client_loss"] for m in c] != [m["client_loss"] for m in a]
+
+
+def test_unknown_method_fails_before_writing(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, **{"method.name": "fedprox"})
+    with pytest.raises(ValueError, match="fedprox"):
+        train_federation(cfg, tmp_path / "run", log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_config_key_is_named(tiny_model_dir):
+    with pytest.raises(ConfigError, match=r"train\.learning_rate: unknown key"):
+        tiny_config(tiny_model_dir, **{"train.learning_rate": 0.1})
+
+
+def test_empty_client_fails_clearly_without_a_run_folder(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, **{"data.train_size": 40, "federation.num_clients": 48,
+                                         "federation.min_client_size": 1, "federation.partition": "iid"})
+    with pytest.raises(ValueError, match="empty|no items|fewer"):
+        train_federation(cfg, tmp_path / "run", log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_malformed_data_file_fails_without_a_run_folder(tiny_model_dir, tmp_path):
+    good = shared_file("hellaswag/hellaswag_val_1000_original.jsonl").read_text().splitlines()
+    bad = tmp_path / "train.jsonl"
+    bad.write_text("\n".join(good[:50] + ["{not json"] + good[50:100]) + "\n")
+    cfg = tiny_config(tiny_model_dir, **{"data.train_path": str(bad), "data.train_size": None})
+    with pytest.raises(ValueError, match=r"train\.jsonl.*line 51"):
+        train_federation(cfg, tmp_path / "run", log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_is_not_clobbered(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, rounds=1)
+    train_federation(cfg, tmp_path / "run", log=lambda m: None)
+    with pytest.raises(FileExistsError, match="resume"):
+        train_federation(cfg, tmp_path / "run", log=lambda m: None)
+    assert RunDir(tmp_path / "run").is_complete

@@ -1,0 +1,182 @@
+"""Server rules of every method, head averaging, the registry and build_method switches."""
+import math
+
+import pytest
+import torch
+
+from fedlora.config import MethodConfig
+from fedlora.methods import METHODS, Method, PenaltyWeights, build_method
+from fedlora.state import AdapterState, LoraFactors
+
+S = 2.0
+R = 4
+SHAPES = {"layer.q": (12, 10), "layer.up": (16, 10)}  # name -> (d_out, d_in)
+
+
+def random_adapter(seed, dtype=torch.float64, scale=0.3):
+    g = torch.Generator().manual_seed(seed)
+    lora = {
+        name: LoraFactors(A=scale * torch.randn(R, d_in, generator=g, dtype=dtype),
+                          B=scale * torch.randn(d_out, R, generator=g, dtype=dtype))
+        for name, (d_out, d_in) in SHAPES.items()
+    }
+    head = {"classifier.weight": torch.randn(1, 10, generator=g, dtype=dtype),
+            "classifier.bias": torch.randn(1, generator=g, dtype=dtype)}
+    return AdapterState(lora=lora, head=head)
+
+
+@pytest.fixture
+def round_inputs():
+    start = random_adapter(0)
+    updates = [random_adapter(k + 1) for k in range(3)]
+    weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    return updates, weights, start
+
+
+def method(server, **kw):
+    return Method(name="test", server=server, rank=R, scaling=S, **kw)
+
+
+def dense_mean_update(updates, weights, name):
+    return sum(p * S * u.lora[name].B @ u.lora[name].A for p, u in zip(weights.tolist(), updates))
+
+
+def test_fedavg_averages_factors_separately(round_inputs):
+    updates, weights, start = round_inputs
+    new = build_method(MethodConfig(name="fedavg"), rank=R, scaling=S, family_clip_tau=15.0).aggregate(
+        updates, weights, start)
+    for name in SHAPES:
+        A = sum(p * u.lora[name].A for p, u in zip(weights.tolist(), updates))
+        B = sum(p * u.lora[name].B for p, u in zip(weights.tolist(), updates))
+        torch.testing.assert_close(new.lora[name].A, A, rtol=0, atol=1e-14)
+        torch.testing.assert_close(new.lora[name].B, B, rtol=0, atol=1e-14)
+        # Separate averages are not the averaged product: that is FedAvg's known bias.
+        assert (S * B @ A - dense_mean_update(updates, weights, name)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("server", ["average", "symmetric", "orthogonal_a", "orthogonal_b", "fedsvd"])
+def test_head_is_plain_weighted_average(round_inputs, server):
+    updates, weights, start = round_inputs
+    new = method(server).aggregate(updates, weights, start)
+    for name in start.head:
+        expected = sum(p * u.head[name] for p, u in zip(weights.tolist(), updates))
+        torch.testing.assert_close(new.head[name], expected, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("server", ["symmetric", "orthogonal_a", "orthogonal_b"])
+def test_redistribution_is_best_rank_r_of_mean_update(round_inputs, server):
+    updates, weights, start = round_inputs
+    new = method(server, norm_restore=False).aggregate(updates, weights, start)
+    for name in SHAPES:
+        D = dense_mean_update(updates, weights, name)
+        U, sv, Vh = torch.linalg.svd(D)
+        best = U[:, :R] @ torch.diag(sv[:R]) @ Vh[:R]
+        got = S * new.lora[name].B @ new.lora[name].A
+        torch.testing.assert_close(got, best, rtol=0, atol=1e-10)
+
+
+def test_subspace_server_gives_orthogonal_b_and_restored_norm(round_inputs):
+    updates, weights, start = round_inputs
+    m = build_method(MethodConfig(name="subspace", clip=False), rank=R, scaling=S, family_clip_tau=15.0)
+    new = m.aggregate(updates, weights, start)
+    for name in SHAPES:
+        B = new.lora[name].B
+        gram = B.T @ B
+        torch.testing.assert_close(gram, gram[0, 0] * torch.eye(R, dtype=B.dtype), rtol=0, atol=1e-12)
+        D = dense_mean_update(updates, weights, name)
+        got = torch.linalg.norm(S * B @ new.lora[name].A).item()
+        assert got == pytest.approx(torch.linalg.norm(D).item(), rel=1e-10)
+
+
+def test_server_clipping_bounds_each_layer(round_inputs):
+    updates, weights, start = round_inputs
+    tau = 0.1
+    new = method("orthogonal_b", clip_tau=tau).aggregate(updates, weights, start)
+    for name in SHAPES:
+        assert dense_mean_update(updates, weights, name).norm().item() > tau
+        got = (S * new.lora[name].B @ new.lora[name].A).norm().item()
+        assert got == pytest.approx(tau, rel=1e-10)
+
+
+def test_fedsvd_is_exact_and_a_orthonormal(round_inputs):
+    updates, weights, start = round_inputs
+    m = build_method(MethodConfig(name="fedsvd", clip=False), rank=R, scaling=S, family_clip_tau=15.0)
+    assert m.freeze_a and m.server == "fedsvd"
+    new = m.aggregate(updates, weights, start)
+    for name in SHAPES:
+        B_bar = sum(p * u.lora[name].B for p, u in zip(weights.tolist(), updates))
+        expected = S * B_bar @ start.lora[name].A  # A_prev: the start adapter's A, not the clients'
+        got = S * new.lora[name].B @ new.lora[name].A
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+        A = new.lora[name].A
+        torch.testing.assert_close(A @ A.T, torch.eye(R, dtype=A.dtype), rtol=0, atol=1e-12)
+
+
+def test_float32_state_stays_float32():
+    start = random_adapter(0, dtype=torch.float32)
+    updates = [random_adapter(k, dtype=torch.float32) for k in (1, 2)]
+    for server in ("average", "symmetric", "fedsvd"):
+        new = method(server).aggregate(updates, torch.tensor([0.6, 0.4]), start)
+        assert all(f.A.dtype == torch.float32 and f.B.dtype == torch.float32 for f in new.lora.values())
+
+
+def test_registry_and_presets():
+    assert list(METHODS) == ["fedavg", "svd", "fedsvd", "subspace", "subspace-server-only", "fedavg-penalty"]
+    expected = {
+        "fedavg": ("average", False, False),
+        "svd": ("symmetric", False, False),
+        "fedsvd": ("fedsvd", True, False),
+        "subspace": ("orthogonal_b", False, True),
+        "subspace-server-only": ("orthogonal_b", False, False),
+        "fedavg-penalty": ("average", False, True),
+    }
+    for name, (server, freeze_a, active) in expected.items():
+        m = build_method(MethodConfig(name=name), rank=8, scaling=2.0, family_clip_tau=15.0)
+        assert (m.server, m.freeze_a, m.penalty.active) == (server, freeze_a, active), name
+    sub = build_method(MethodConfig(name="subspace"), rank=8, scaling=2.0, family_clip_tau=15.0)
+    assert sub.penalty == PenaltyWeights(mu=0.05, a_b=0.01, lam=1e-5)
+    assert sub.clip_tau == 15.0 and sub.norm_restore and sub.rank == 8 and sub.scaling == 2.0
+
+
+def test_build_method_applies_switches():
+    cfg = MethodConfig(name="subspace", server="symmetric", mu=0.0, lam=0.0, freeze_a=True,
+                       norm_restore=False, clip_tau=3.0)
+    m = build_method(cfg, rank=4, scaling=4.0, family_clip_tau=25.0)
+    assert m.server == "symmetric" and m.freeze_a and not m.norm_restore
+    assert m.penalty == PenaltyWeights(mu=0.0, a_b=0.01, lam=0.0)
+    assert m.clip_tau == 3.0
+    assert build_method(MethodConfig(name="svd", clip=False), rank=4, scaling=4.0,
+                        family_clip_tau=25.0).clip_tau == math.inf
+    assert build_method(MethodConfig(name="svd"), rank=4, scaling=4.0, family_clip_tau=25.0).clip_tau == 25.0
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown method 'fedprox'.*fedavg, svd, fedsvd, subspace"):
+        build_method(MethodConfig(name="fedprox"), rank=8, scaling=2.0, family_clip_tau=15.0)
+
+
+def test_bad_penalty_weight_is_named():
+    with pytest.raises(ValueError, match="a_b"):
+        PenaltyWeights(mu=0.1, a_b=-1.0)
+    assert not PenaltyWeights().active and PenaltyWeights(lam=1e-9).active
+
+
+def test_aggregate_rejects_bad_inputs(round_inputs):
+    updates, weights, start = round_inputs
+    m = method("orthogonal_b")
+    with pytest.raises(ValueError, match="sum to 1"):
+        m.aggregate(updates, torch.tensor([0.5, 0.5, 0.5]), start)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        m.aggregate(updates, torch.tensor([0.5, 0.5]), start)
+    with pytest.raises(ValueError, match="at least one"):
+        m.aggregate([], torch.tensor([]), start)
+    broken = random_adapter(9)
+    del broken.lora["layer.up"]
+    with pytest.raises(ValueError, match="update 1: LoRA layers differ.*layer.up"):
+        m.aggregate([updates[0], broken], torch.tensor([0.5, 0.5]), start)
+    wrong = random_adapter(9)
+    wrong.lora["layer.q"] = LoraFactors(A=torch.zeros(R, 11, dtype=torch.float64), B=wrong.lora["layer.q"].B)
+    with pytest.raises(ValueError, match=r"layer 'layer.q'.*A \(4, 11\)"):
+        m.aggregate([wrong], torch.tensor([1.0]), start)
+    with pytest.raises(ValueError, match="server rule"):
+        method("median")

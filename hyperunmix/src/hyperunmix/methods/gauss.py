@@ -1,0 +1,287 @@
+"""GAUSS: guided encoder-decoder unmixing with spatial smoothness (arXiv 2204.07713).
+
+Stage 1 (`GAUSS`): the approximation network AN denoises every pixel from its neighbourhood;
+k-means on its output gives one-hot pseudo ground truth for the unmixing network UN; the
+mixing network MN learns to rebuild the AN output from the UN abundances, detached, so
+reconstruction gradients never reach the UN. Stage 2 trains UN and MN end to end on the
+reconstruction error, guided either by the decaying pseudo-GT term (`GAUSSBlind`) or by the
+abundances of a signal-processing method as soft targets (`GAUSSPrime`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from torch import nn
+
+from hyperunmix.methods.base import Unmixer, check_cube
+from hyperunmix.methods.networks import ApproximationNetwork, MixingNetwork, UnmixingNetwork
+from hyperunmix.methods.patches import extract_patches, predict_tiled
+
+
+def spectral_angle(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean spectral angle (radians) between matching rows; clamped so acos stays differentiable."""
+    cosine = F.cosine_similarity(estimate, target, dim=1, eps=1e-8)
+    return torch.acos(cosine.clamp(-1 + 1e-6, 1 - 1e-6)).mean()
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a target distribution per row (one-hot or soft)."""
+    return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def _train(
+    parameters: list[nn.Parameter],
+    batch_loss: Callable[[torch.Tensor, int], torch.Tensor],
+    n_samples: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    curve: list[float],
+    after_step: Callable[[], None] | None = None,
+) -> None:
+    """Plain minibatch Adam loop over shuffled pixel indices; appends the epoch mean loss."""
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    for epoch in range(epochs):
+        total = 0.0
+        for index in torch.randperm(n_samples, generator=generator).split(batch_size):
+            loss = batch_loss(index, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+            total += loss.item() * len(index)
+        curve.append(total / n_samples)
+
+
+class GAUSS(Unmixer):
+    """Stage-1 GAUSS. `fit(cube)` sets `endmembers_` (L, p) = MN(e_k) and `abundances_`
+    (p, H, W) = UN(AN(patch)); `transform(cube)` applies AN and UN tile by tile."""
+
+    def __init__(
+        self,
+        n_endmembers: int,
+        random_state: int | None = None,
+        window: int = 3,
+        an_hidden: int = 256,
+        mn: str = "deep",
+        un_loss: str = "ce",
+        kmeans_on: str = "approx",
+        an_epochs: int = 20,
+        un_epochs: int = 20,
+        mn_epochs: int = 40,
+        lr: float = 1e-3,
+        batch_size: int = 256,
+        sad_weight: float = 0.0,
+        kmeans_n_init: int = 10,
+        tile_pixels: int = 16384,
+        device: str = "cpu",
+    ):
+        super().__init__(n_endmembers, random_state)
+        self.window = window
+        self.an_hidden = an_hidden
+        self.mn = mn
+        self.un_loss = un_loss
+        self.kmeans_on = kmeans_on
+        self.an_epochs = an_epochs
+        self.un_epochs = un_epochs
+        self.mn_epochs = mn_epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.sad_weight = sad_weight
+        self.kmeans_n_init = kmeans_n_init
+        self.tile_pixels = tile_pixels
+        self.device = device
+
+    # ---- shared pieces -------------------------------------------------------------------
+    def _check_params(self) -> None:
+        choices = {"mn": ("deep", "linear"), "un_loss": ("ce", "mse"), "kmeans_on": ("approx", "raw")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.device != "cpu" and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} requested but CUDA is not available")
+
+    def _seed(self) -> int:
+        if self.random_state is None:
+            return int(np.random.default_rng().integers(2**31 - 1))
+        return int(self.random_state)
+
+    def reconstruction_loss(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """MSE relative to the scene's mean energy (scale-free weights) + optional SAD term."""
+        loss = F.mse_loss(estimate, target) / self.energy_
+        if self.sad_weight:
+            loss = loss + self.sad_weight * spectral_angle(estimate, target)
+        return loss
+
+    def guide_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """UN loss against (pseudo or prime) abundance targets: cross-entropy or MSE."""
+        if self.un_loss == "ce":
+            return soft_cross_entropy(logits, targets)
+        return F.mse_loss(torch.softmax(logits, dim=1), targets)
+
+    def mixing_loss(self, spectra: torch.Tensor) -> torch.Tensor:
+        """Stage-1 MN loss: rebuild the AN output from the UN abundances, detached so that the
+        reconstruction error trains the MN only."""
+        abundances = self.un_(spectra).detach()
+        return self.reconstruction_loss(self.mn_(abundances), spectra)
+
+    # ---- stage 1 -------------------------------------------------------------------------
+    def _fit_approximation(self, patches: torch.Tensor, centre: torch.Tensor, gen: torch.Generator) -> None:
+        curve = self.history_.setdefault("an_mse", [])
+        _train(list(self.an_.parameters()),
+               lambda i, _: F.mse_loss(self.an_(patches[i]), centre[i]),
+               len(centre), self.an_epochs, self.batch_size, self.lr, gen, curve)
+
+    def _pseudo_ground_truth(self, approx: torch.Tensor, centre: torch.Tensor, seed: int) -> torch.Tensor:
+        data = (approx if self.kmeans_on == "approx" else centre).cpu().numpy()
+        labels = KMeans(self.n_endmembers, n_init=self.kmeans_n_init, random_state=seed).fit_predict(data)
+        return F.one_hot(torch.as_tensor(labels, dtype=torch.long), self.n_endmembers).float().to(approx)
+
+    def _fit_stage1(self, patches: torch.Tensor, centre: torch.Tensor, seed: int, gen: torch.Generator) -> torch.Tensor:
+        L, p = centre.shape[1], self.n_endmembers
+        self.an_ = ApproximationNetwork(L, self.window, self.an_hidden).to(self.device)
+        self.un_ = UnmixingNetwork(L, p).to(self.device)
+        self.mn_ = MixingNetwork(p, L, self.mn).to(self.device)
+        self._fit_approximation(patches, centre, gen)
+        with torch.no_grad():
+            approx = self.an_(patches)
+        self.pseudo_gt_ = self._pseudo_ground_truth(approx, centre, seed)
+        _train(list(self.un_.parameters()),
+               lambda i, _: self.guide_loss(self.un_.logits(approx[i]), self.pseudo_gt_[i]),
+               len(approx), self.un_epochs, self.batch_size, self.lr, gen,
+               self.history_.setdefault("un_guide", []))
+        _train(list(self.mn_.parameters()), lambda i, _: self.mixing_loss(approx[i]),
+               len(approx), self.mn_epochs, self.batch_size, self.lr, gen,
+               self.history_.setdefault("mn_reconstruction", []), after_step=self.mn_.project)
+        return approx
+
+    def _fit_stage2(self, cube: np.ndarray, patches: torch.Tensor, centre: torch.Tensor,
+                    approx: torch.Tensor, seed: int, gen: torch.Generator) -> None:
+        """Stage-1 GAUSS has no second stage; the variants override this."""
+
+    def _fit(self, Y: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+        self._check_params()
+        seed = self._seed()
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        cube = Y.T.reshape(H, W, -1)
+        patches = extract_patches(cube, self.window).to(self.device)
+        centre = torch.as_tensor(Y.T, dtype=torch.float32, device=self.device)
+        self.energy_ = float(centre.pow(2).mean()) + 1e-12
+        approx = self._fit_stage1(patches, centre, seed, gen)
+        self._fit_stage2(cube, patches, centre, approx, seed, gen)
+        self.an_.eval(), self.un_.eval(), self.mn_.eval()
+        with torch.no_grad():
+            A = self.un_(self.an_(patches)).T.cpu().numpy()
+            E = self.mn_.endmembers().cpu().numpy()
+        return E, A
+
+    # ---- inference -----------------------------------------------------------------------
+    def transform(self, cube: np.ndarray) -> np.ndarray:
+        """Abundances (p, H, W) of any cube with the fitted bands, in bounded-memory tiles."""
+        if not hasattr(self, "un_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(cube) first")
+        cube = check_cube(cube, self.n_endmembers)
+        h, w, bands = cube.shape
+        if bands != self.endmembers_.shape[0]:
+            raise ValueError(f"cube has {bands} bands, the model was fitted on {self.endmembers_.shape[0]}")
+        model = nn.Sequential(self.an_, self.un_).cpu().eval()
+        A = predict_tiled(model, cube, self.window, self.n_endmembers, self.tile_pixels)
+        return A.T.reshape(self.n_endmembers, h, w).astype(np.float64)
+
+    predict_abundances = transform
+
+    def _end_to_end(self, patches: torch.Tensor, centre: torch.Tensor, approx: torch.Tensor,
+                    targets: torch.Tensor, weight: Callable[[int], float], epochs: int,
+                    train_an: bool, gen: torch.Generator, lr: float) -> None:
+        """Stage 2: UN -> MN trained on reconstruction + weight(epoch) * guide term."""
+        modules = [self.un_, self.mn_] + ([self.an_] if train_an else [])
+        parameters = [q for m in modules for q in m.parameters()]
+        curves = {k: self.history_.setdefault(k, []) for k in ("stage2_reconstruction", "stage2_guide")}
+        parts: dict[str, float] = {"stage2_reconstruction": 0.0, "stage2_guide": 0.0}
+
+        def batch_loss(index: torch.Tensor, epoch: int) -> torch.Tensor:
+            # Trained AN: rebuild the raw pixel (a moving reference would let both collapse).
+            spectra, reference = (self.an_(patches[index]), centre[index]) if train_an else (approx[index], approx[index])
+            logits = self.un_.logits(spectra)
+            recon = self.reconstruction_loss(self.mn_(torch.softmax(logits, dim=1)), reference)
+            guide = self.guide_loss(logits, targets[index])
+            parts["stage2_reconstruction"] += recon.item() * len(index)
+            parts["stage2_guide"] += guide.item() * len(index)
+            return recon + weight(epoch) * guide
+
+        total: list[float] = self.history_.setdefault("stage2_total", [])
+        for epoch in range(epochs):
+            _train(parameters, lambda i, _: batch_loss(i, epoch), len(centre), 1, self.batch_size,
+                   lr, gen, total, after_step=self.mn_.project)
+            for key in parts:
+                curves[key].append(parts[key] / len(centre))
+                parts[key] = 0.0
+        if train_an:
+            with torch.no_grad():
+                approx.copy_(self.an_(patches))
+
+
+class GAUSSBlind(GAUSS):
+    """GAUSS_blind: stage 1, then UN + MN end to end on the reconstruction error with a
+    pseudo-GT term of weight `pseudo_gt_weight * decay**epoch`."""
+
+    def __init__(self, n_endmembers: int, random_state: int | None = None, pseudo_gt_weight: float = 1.0,
+                 decay: float = 0.8, stage2_epochs: int = 30, stage2_lr: float = 5e-4,
+                 train_an: bool = False, **params):
+        super().__init__(n_endmembers, random_state, **params)
+        self.pseudo_gt_weight = pseudo_gt_weight
+        self.decay = decay
+        self.stage2_epochs = stage2_epochs
+        self.stage2_lr = stage2_lr
+        self.train_an = train_an
+
+    def _fit_stage2(self, cube, patches, centre, approx, seed, gen) -> None:
+        self._end_to_end(patches, centre, approx, self.pseudo_gt_,
+                         lambda epoch: self.pseudo_gt_weight * self.decay**epoch,
+                         self.stage2_epochs, self.train_an, gen, self.stage2_lr)
+
+
+class GAUSSPrime(GAUSS):
+    """GAUSS_prime: stage 1, then UN + MN end to end with the abundances of a signal-processing
+    method (default VCA + FCLSU) as soft targets, weight `prime_weight * decay**epoch`."""
+
+    def __init__(self, n_endmembers: int, random_state: int | None = None, prime_method: str = "vca-fcls",
+                 prime_params: dict | None = None, prime_weight: float = 1.0, decay: float = 1.0,
+                 stage2_epochs: int = 30, stage2_lr: float = 5e-4, train_an: bool = False, **params):
+        super().__init__(n_endmembers, random_state, **params)
+        self.prime_method = prime_method
+        self.prime_params = prime_params
+        self.prime_weight = prime_weight
+        self.decay = decay
+        self.stage2_epochs = stage2_epochs
+        self.stage2_lr = stage2_lr
+        self.train_an = train_an
+
+    def _prime_targets(self, cube: np.ndarray, approx: torch.Tensor, seed: int) -> torch.Tensor:
+        from hyperunmix.methods import make_method  # lazy: the registry imports this module
+
+        prime = make_method(self.prime_method, self.n_endmembers, seed, **(self.prime_params or {}))
+        self.prime_ = prime.fit(cube)
+        targets = prime.abundances_.reshape(self.n_endmembers, -1).T
+        # Prime components come in their own order: align them with the stage-1 UN outputs.
+        with torch.no_grad():
+            stage1 = self.un_(approx).cpu().numpy()
+        _, order = linear_sum_assignment(-(stage1.T @ targets))
+        self.prime_order_ = order
+        targets = np.clip(targets[:, order], 0.0, None)
+        targets /= targets.sum(axis=1, keepdims=True) + 1e-12
+        return torch.as_tensor(targets, dtype=torch.float32, device=approx.device)
+
+    def _fit_stage2(self, cube, patches, centre, approx, seed, gen) -> None:
+        self.prime_targets_ = self._prime_targets(cube, approx, seed)
+        self._end_to_end(patches, centre, approx, self.prime_targets_,
+                         lambda epoch: self.prime_weight * self.decay**epoch,
+                         self.stage2_epochs, self.train_an, gen, self.stage2_lr)

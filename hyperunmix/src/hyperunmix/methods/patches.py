@@ -1,0 +1,102 @@
+"""Pixel neighbourhoods with tensor ops (reflect pad + unfold) and bounded-memory tiling."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _check_window(window: int, height: int, width: int) -> int:
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd positive integer, got {window}")
+    pad = window // 2
+    if pad >= height or pad >= width:
+        raise ValueError(
+            f"window={window} needs reflect padding of {pad}, which must be smaller than the "
+            f"scene's height ({height}) and width ({width})"
+        )
+    return pad
+
+
+def _to_tensor(cube: np.ndarray | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    tensor = torch.as_tensor(cube, dtype=dtype)
+    if tensor.ndim != 3:
+        raise ValueError(f"cube must have shape (H, W, L), got {tuple(tensor.shape)}")
+    return tensor
+
+
+def extract_patches(
+    cube: np.ndarray | torch.Tensor,
+    window: int = 3,
+    flatten: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Every pixel's w x w neighbourhood, reflect-padded at the borders.
+
+    cube: (H, W, L). Returns (N, L*w*w) when `flatten` (feature order: band, row, col), else
+    (N, L, w, w); N = H*W in row-major pixel order (pixel = row * W + col).
+    """
+    tensor = _to_tensor(cube, dtype)
+    height, width, bands = tensor.shape
+    pad = _check_window(window, height, width)
+    image = tensor.permute(2, 0, 1).unsqueeze(0)  # (1, L, H, W)
+    if pad:
+        image = F.pad(image, (pad, pad, pad, pad), mode="reflect")
+    columns = F.unfold(image, kernel_size=window)[0].T  # (N, L*w*w)
+    if flatten:
+        return columns.contiguous()
+    return columns.reshape(height * width, bands, window, window)
+
+
+def _reflect_index(index: np.ndarray, size: int) -> np.ndarray:
+    """Reflect out-of-range indices the way `F.pad(mode="reflect")` does (edge not repeated)."""
+    index = np.abs(index)
+    return np.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def iter_patch_tiles(
+    cube: np.ndarray | torch.Tensor,
+    window: int = 3,
+    max_pixels: int = 16384,
+    flatten: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (first_pixel, end_pixel, patches) over row bands of the scene.
+
+    Each tile holds whole image rows and at most about `max_pixels` pixels (at least one row),
+    so memory stays bounded on scenes too large to unfold at once. Concatenating the tiles
+    equals `extract_patches(cube, window)`.
+    """
+    height, width = cube.shape[0], cube.shape[1]
+    pad = _check_window(window, height, width)
+    rows_per_tile = max(1, max_pixels // width)
+    for row_start in range(0, height, rows_per_tile):
+        row_end = min(height, row_start + rows_per_tile)
+        rows = _reflect_index(np.arange(row_start - pad, row_end + pad), height)
+        block = _to_tensor(np.asarray(cube[rows]) if isinstance(cube, np.ndarray) else cube[rows], dtype)
+        image = block.permute(2, 0, 1).unsqueeze(0)  # (1, L, rows + 2 pad, W)
+        if pad:
+            image = F.pad(image, (pad, pad, 0, 0), mode="reflect")
+        columns = F.unfold(image, kernel_size=window)[0].T
+        if not flatten:
+            columns = columns.reshape(-1, block.shape[2], window, window)
+        yield row_start * width, row_end * width, columns
+
+
+@torch.no_grad()
+def predict_tiled(
+    model: torch.nn.Module,
+    cube: np.ndarray | torch.Tensor,
+    window: int,
+    out_features: int,
+    max_pixels: int = 16384,
+    flatten: bool = True,
+) -> np.ndarray:
+    """Apply `model` to every pixel neighbourhood tile by tile; returns (N, out_features)."""
+    height, width = cube.shape[0], cube.shape[1]
+    output = np.empty((height * width, out_features), dtype=np.float32)
+    for start, end, patches in iter_patch_tiles(cube, window, max_pixels, flatten):
+        output[start:end] = model(patches).numpy()
+    return output
