@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from fedlora.methods.base import check_same_layout, check_weights
-from fedlora.state import AdapterState
+from fedlora.state import AdapterState, LoraFactors
 
 GEOMETRY_KEYS = (
     "basis_overlap", "basis_overlap_code", "principal_angle_mean_deg", "principal_angle_max_deg",
@@ -113,7 +113,8 @@ def _subspace_metrics(B_clients: Tensor, B_g: Tensor) -> dict[str, float]:
     }
 
 
-def _layer_geometry(clients, p: Tensor, start, new, scaling: float) -> dict[str, float]:
+def _layer_geometry(clients: list[LoraFactors], p: Tensor, start: LoraFactors, new: LoraFactors,
+                    scaling: float) -> dict[str, float]:
     f64 = torch.float64
     Bs = [f.B.to(f64) * scaling for f in clients] + [new.B.to(f64) * scaling, start.B.to(f64) * scaling]
     As = [f.A.to(f64) for f in clients] + [new.A.to(f64), start.A.to(f64)]

@@ -149,7 +149,7 @@ def _cache_keyword(backbone: torch.nn.Module) -> str:
 
 def _ending_logprob_mean(lm_head, hidden: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     """Mean log p(target) over masked positions; hidden (N, Te, H) predicts targets (N, Te)."""
-    logp = F.log_softmax(lm_head(hidden).float(), dim=-1)
+    logp = F.log_softmax(_at_least_float32(lm_head(hidden)), dim=-1)
     token_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask
     return token_lp.sum(-1) / mask.sum(-1)
 
@@ -205,5 +205,10 @@ def choice_scores(model: Any, family: str, batch: Batch, shared_context: bool = 
     raise ValueError(f"family must be 'encoder' or 'decoder', got {family!r}")
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def choice_loss(scores: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
-    return F.cross_entropy(scores.float(), labels, reduction=reduction)
+    """Cross-entropy over the 4 choice scores (computed in at least float32)."""
+    return F.cross_entropy(_at_least_float32(scores), labels, reduction=reduction)

@@ -33,6 +33,7 @@ class DatasetInfo:
     load_options: dict = field(default_factory=dict)
     description: str = ""
     synthetic: dict | None = None
+    gt_max_scaled: bool = False  # GT endmembers stored max-scaled: the oracle rescales them
 
     def path(self) -> Path | None:
         return None if self.filename is None else data_dir() / SCENE_SUBDIR / self.filename
@@ -51,7 +52,7 @@ DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in [
         DatasetInfo(
-            "samson", 3, "samson.mat", material_names=("soil", "tree", "water"),
+            "samson", 3, "samson.mat", material_names=("soil", "tree", "water"), gt_max_scaled=True,
             description="Samson 95x95x156; GT endmembers max-scaled to 1 (kept as in the file)",
         ),
         DatasetInfo(
@@ -126,7 +127,9 @@ def load_dataset(name: str, **options) -> Scene:
             )
     options = {**info.load_options, **options}
     names = list(info.material_names) if info.material_names else None
-    return load_scene(path, gt_path, n_endmembers=info.p, name=name, material_names=names, **options)
+    scene = load_scene(path, gt_path, n_endmembers=info.p, name=name, material_names=names, **options)
+    scene.meta["gt_max_scaled"] = info.gt_max_scaled and not options.get("rescale_gt", False)
+    return scene
 
 
 def list_datasets() -> list[dict]:

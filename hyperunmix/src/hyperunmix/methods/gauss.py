@@ -70,7 +70,7 @@ class GAUSS(Unmixer):
         random_state: int | None = None,
         window: int = 3,
         an_hidden: int = 256,
-        mn: str = "deep",
+        mn: str = "linear",
         un_loss: str = "ce",
         kmeans_on: str = "approx",
         an_epochs: int = 20,
@@ -78,7 +78,7 @@ class GAUSS(Unmixer):
         mn_epochs: int = 40,
         lr: float = 1e-3,
         batch_size: int = 256,
-        sad_weight: float = 0.0,
+        sad_weight: float = 3.0,
         kmeans_n_init: int = 10,
         tile_pixels: int = 16384,
         device: str = "cpu",
@@ -234,7 +234,7 @@ class GAUSSBlind(GAUSS):
     pseudo-GT term of weight `pseudo_gt_weight * decay**epoch`."""
 
     def __init__(self, n_endmembers: int, random_state: int | None = None, pseudo_gt_weight: float = 1.0,
-                 decay: float = 0.8, stage2_epochs: int = 30, stage2_lr: float = 5e-4,
+                 decay: float = 0.8, stage2_epochs: int = 40, stage2_lr: float = 1e-3,
                  train_an: bool = False, **params):
         super().__init__(n_endmembers, random_state, **params)
         self.pseudo_gt_weight = pseudo_gt_weight
@@ -255,7 +255,7 @@ class GAUSSPrime(GAUSS):
 
     def __init__(self, n_endmembers: int, random_state: int | None = None, prime_method: str = "vca-fcls",
                  prime_params: dict | None = None, prime_weight: float = 1.0, decay: float = 1.0,
-                 stage2_epochs: int = 30, stage2_lr: float = 5e-4, train_an: bool = False, **params):
+                 stage2_epochs: int = 40, stage2_lr: float = 1e-3, train_an: bool = False, **params):
         super().__init__(n_endmembers, random_state, **params)
         self.prime_method = prime_method
         self.prime_params = prime_params

@@ -21,10 +21,13 @@ def rescale_to_sum_one(W: np.ndarray, Hc: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 class NMFUnmixer(Unmixer):
-    """scikit-learn NMF on the pixels; endmembers rescaled so abundances sum to about one."""
+    """scikit-learn NMF on the pixels; endmembers rescaled so abundances sum to about one.
 
-    def __init__(self, n_endmembers: int, random_state: int | None = None, init: str = "nndsvda",
-                 max_iter: int = 1000, tol: float = 1e-5, alpha_W: float = 0.0, l1_ratio: float = 0.0):
+    init="random" (seeded) so that seeds give different starts; "nndsvda" is deterministic.
+    """
+
+    def __init__(self, n_endmembers: int, random_state: int | None = None, init: str = "random",
+                 max_iter: int = 300, tol: float = 1e-4, alpha_W: float = 0.0, l1_ratio: float = 0.0):
         super().__init__(n_endmembers, random_state)
         self.init = init
         self.max_iter = max_iter

@@ -11,16 +11,18 @@ from hyperunmix.methods.base import Unmixer
 class OracleFCLS(Unmixer):
     """FCLSU abundances for given endmembers E (L, p).
 
-    rescale: some releases store endmembers max-scaled (Samson); then each column is rescaled
-    blindly, alternating FCLSU with the least-squares scales that best reconstruct Y
-    (`rescale_iterations` rounds). The ground-truth abundances are never used.
+    rescale: some releases store endmembers max-scaled (Samson). With `abundances` (the true
+    A, p x N) each column is scaled by least squares so that Y ~ E diag(s) A (the floor quoted
+    for Samson); without them the scales are found blindly, alternating FCLSU with the
+    least-squares scales (`rescale_iterations` rounds).
     """
 
     def __init__(self, n_endmembers: int, random_state: int | None = None, endmembers=None,
-                 rescale: bool = False, rescale_iterations: int = 20):
+                 rescale: bool = False, abundances=None, rescale_iterations: int = 20):
         super().__init__(n_endmembers, random_state)
         self.endmembers = endmembers
         self.rescale = rescale
+        self.abundances = abundances
         self.rescale_iterations = rescale_iterations
 
     def _fit(self, Y, H, W):
@@ -29,6 +31,10 @@ class OracleFCLS(Unmixer):
         E = np.asarray(self.endmembers, dtype=np.float64)
         if E.shape != (Y.shape[0], self.n_endmembers):
             raise ValueError(f"endmembers must have shape (L={Y.shape[0]}, p={self.n_endmembers}), got {E.shape}")
+        if self.rescale and self.abundances is not None:
+            A_true = np.asarray(self.abundances, dtype=np.float64).reshape(self.n_endmembers, -1)
+            E = E * least_squares_scales(Y, E, A_true)[None, :]
+            return E, fcls(Y, E)
         A = fcls(Y, E)
         if self.rescale:
             for _ in range(self.rescale_iterations):

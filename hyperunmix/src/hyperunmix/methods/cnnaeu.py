@@ -1,0 +1,94 @@
+"""CNNAEU (Palsson, Ulfarsson & Sveinsson, IEEE TGRS 2021): convolutional autoencoder with a
+3x3 conv encoder, softmax abundances, a conv decoder and the spectral angle as loss, trained
+on random image patches. Layer sizes and optimiser follow the paper's released settings
+(48 filters, LeakyReLU 0.02, batch norm, spatial dropout 0.2, softmax scale 3.5, 11x11
+decoder, RMSprop 3e-4); the decoder is kept non-negative by projection, and the endmembers
+are the decoder kernels averaged over space."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from hyperunmix.methods.base import Unmixer
+from hyperunmix.methods.gauss import spectral_angle
+
+
+class ConvAutoencoder(nn.Module):
+    def __init__(self, n_bands: int, n_endmembers: int, filters: int = 48, decoder_kernel: int = 11,
+                 dropout: float = 0.2, softmax_scale: float = 3.5):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(n_bands, filters, 3, padding=1, padding_mode="reflect", bias=False),
+            nn.LeakyReLU(0.02), nn.BatchNorm2d(filters), nn.Dropout2d(dropout),
+            nn.Conv2d(filters, n_endmembers, 1, bias=False),
+            nn.LeakyReLU(0.02), nn.BatchNorm2d(n_endmembers), nn.Dropout2d(dropout),
+        )
+        self.softmax_scale = softmax_scale
+        self.decoder = nn.Conv2d(n_endmembers, n_bands, decoder_kernel, padding=decoder_kernel // 2,
+                                 padding_mode="reflect", bias=False)
+        with torch.no_grad():
+            self.decoder.weight.uniform_(0.0, 1.0 / decoder_kernel**2)
+
+    def abundances(self, image: torch.Tensor) -> torch.Tensor:  # (B, L, H, W) -> (B, p, H, W)
+        return torch.softmax(self.softmax_scale * self.encoder(image), dim=1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.abundances(image))
+
+
+def random_crops(image: torch.Tensor, size: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` random size x size crops of a (L, H, W) image -> (count, L, size, size)."""
+    _, height, width = image.shape
+    size_h, size_w = min(size, height), min(size, width)
+    rows = torch.randint(0, height - size_h + 1, (count,), generator=generator)
+    cols = torch.randint(0, width - size_w + 1, (count,), generator=generator)
+    return torch.stack([image[:, r:r + size_h, c:c + size_w] for r, c in zip(rows.tolist(), cols.tolist())])
+
+
+class CNNAEU(Unmixer):
+    """Convolutional autoencoder unmixing; `history_["sad"]` holds the per-epoch loss."""
+
+    def __init__(self, n_endmembers: int, random_state: int | None = None, epochs: int = 120,
+                 patch_size: int = 40, patches_per_epoch: int = 16, batch_size: int = 8,
+                 lr: float = 3e-4, filters: int = 48, decoder_kernel: int = 11):
+        super().__init__(n_endmembers, random_state)
+        self.epochs = epochs
+        self.patch_size = patch_size
+        self.patches_per_epoch = patches_per_epoch
+        self.batch_size = batch_size
+        self.lr = lr
+        self.filters = filters
+        self.decoder_kernel = decoder_kernel
+
+    def _fit(self, Y: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+        seed = 0 if self.random_state is None else int(self.random_state)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        L = Y.shape[0]
+        image = torch.as_tensor(Y, dtype=torch.float32).reshape(L, H, W)
+        kernel = min(self.decoder_kernel, 2 * (min(H, W) // 2) - 1)  # reflect pad must fit
+        self.model_ = ConvAutoencoder(L, self.n_endmembers, self.filters, kernel)
+        optimizer = torch.optim.RMSprop(self.model_.parameters(), lr=self.lr)
+        curve = self.history_.setdefault("sad", [])
+        for _ in range(self.epochs):
+            self.model_.train()
+            crops = random_crops(image, self.patch_size, self.patches_per_epoch, gen)
+            total = 0.0
+            for batch in crops.split(self.batch_size):
+                estimate = self.model_(batch)
+                # Spectral angle per pixel: flatten (B, L, h, w) to (B*h*w, L).
+                loss = spectral_angle(estimate.permute(0, 2, 3, 1).reshape(-1, L),
+                                      batch.permute(0, 2, 3, 1).reshape(-1, L))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    self.model_.decoder.weight.clamp_(min=0.0)
+                total += loss.item() * len(batch)
+            curve.append(total / len(crops))
+        self.model_.eval()
+        with torch.no_grad():
+            A = self.model_.abundances(image.unsqueeze(0))[0].reshape(self.n_endmembers, -1)
+            E = self.model_.decoder.weight.mean(dim=(2, 3))  # (L, p)
+        return E.numpy().astype(np.float64), A.numpy().astype(np.float64)

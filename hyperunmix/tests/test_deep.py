@@ -1,0 +1,60 @@
+"""Deep baselines: CNNAEU and the fully connected autoencoder."""
+import numpy as np
+import pytest
+import torch
+
+from hyperunmix import make_method
+from hyperunmix.datasets import load_dataset
+from hyperunmix.methods.cnnaeu import random_crops
+from hyperunmix.metrics import score
+from hyperunmix.synthetic import make_synthetic
+
+torch.set_num_threads(1)
+SMALL = {"cnnaeu": dict(epochs=4, patch_size=8, patches_per_epoch=4, batch_size=2, decoder_kernel=3),
+         "autoencoder": dict(epochs=4, batch_size=32)}
+
+
+@pytest.fixture(scope="module")
+def tiny_scene():
+    return make_synthetic(H=12, W=10, p=3, snr_db=30.0, seed=2)
+
+
+@pytest.mark.parametrize("name", ["cnnaeu", "autoencoder"])
+def test_constraints_shapes_history(tiny_scene, name):
+    model = make_method(name, n_endmembers=3, random_state=0, **SMALL[name]).fit(tiny_scene.cube)
+    assert model.endmembers_.shape == (tiny_scene.n_bands, 3) and model.abundances_.shape == (3, 12, 10)
+    assert (model.abundances_ >= 0).all() and (model.endmembers_ >= 0).all()
+    np.testing.assert_allclose(model.abundances_.sum(axis=0), 1.0, atol=1e-5)
+    assert len(model.history_["sad"]) == 4 and np.isfinite(model.history_["sad"]).all()
+
+
+@pytest.mark.parametrize("name", ["cnnaeu", "autoencoder"])
+def test_same_seed_same_numbers(tiny_scene, name):
+    fit = lambda seed: make_method(name, 3, seed, **SMALL[name]).fit(tiny_scene.cube)
+    a, b, c = fit(3), fit(3), fit(4)
+    np.testing.assert_array_equal(a.endmembers_, b.endmembers_)
+    np.testing.assert_array_equal(a.abundances_, b.abundances_)
+    assert not np.allclose(a.abundances_, c.abundances_)
+
+
+def test_random_crops_are_image_windows():
+    image = torch.arange(2 * 6 * 7, dtype=torch.float32).reshape(2, 6, 7)
+    crops = random_crops(image, 4, 5, torch.Generator().manual_seed(0))
+    assert crops.shape == (5, 2, 4, 4)
+    for crop in crops:
+        r, c = divmod(int(crop[0, 0, 0]), 7)
+        torch.testing.assert_close(crop, image[:, r:r + 4, c:c + 4])
+
+
+def test_autoencoder_bad_init_is_named(tiny_scene):
+    with pytest.raises(ValueError, match="init"):
+        make_method("autoencoder", 3, 0, init="pca").fit(tiny_scene.cube)
+
+
+@pytest.mark.parametrize("name,bound", [("autoencoder", "AE_SAD"), ("cnnaeu", "CNN_SAD")])
+def test_deep_baselines_on_synthetic(name, bound):
+    scene = load_dataset("synthetic")
+    model = make_method(name, scene.p, 0).fit(scene.cube)
+    result = score(model.endmembers_, model.abundances_, scene.E, scene.A)
+    assert result["mean_sad_deg"] < BOUNDS[bound]
+    assert model.history_["sad"][-1] < model.history_["sad"][0]
