@@ -70,6 +70,12 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def length(self, i: int) -> int:
+        """Padded width item `i` needs (longest choice for the encoder, context + longest ending)."""
+        if self.family == "encoder":
+            return max(len(seq) for seq in self.pairs[i])
+        return len(self.contexts[i]) + max(len(e) for e in self.endings[i])
+
     def batch(self, indices: Sequence[int]) -> Batch:
         labels = torch.as_tensor([self.labels[i] for i in indices], dtype=torch.long)
         if self.family == "encoder":

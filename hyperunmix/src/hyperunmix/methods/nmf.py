@@ -1,8 +1,11 @@
 """Non-negative matrix factorisation (scikit-learn) with abundances renormalised to sum to one."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.decomposition import NMF
+from sklearn.exceptions import ConvergenceWarning
 
 from hyperunmix.methods.base import Unmixer
 
@@ -38,7 +41,11 @@ class NMFUnmixer(Unmixer):
     def _fit(self, Y, H, W):
         model = NMF(self.n_endmembers, init=self.init, max_iter=self.max_iter, tol=self.tol,
                     random_state=self.random_state, alpha_W=self.alpha_W, l1_ratio=self.l1_ratio)
-        abundances = model.fit_transform(Y.T)  # (N, p)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            abundances = model.fit_transform(Y.T)  # (N, p)
+        self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        self.n_iter_ = int(model.n_iter_)
         self.reconstruction_err_ = float(model.reconstruction_err_)
         abundances, endmembers = rescale_to_sum_one(abundances, model.components_)
         return endmembers.T, abundances.T

@@ -1,0 +1,174 @@
+"""Command line: `hyperunmix run | bench | datasets | show`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Hyperspectral unmixing: GAUSS and the classic baselines.")
+console = Console()
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """['epochs=20', 'mn=linear'] -> {'epochs': 20, 'mn': 'linear'} (values parsed as YAML)."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--set expects key=value, got {pair!r}")
+        params[key.strip()] = yaml.safe_load(value)
+    return params
+
+
+def read_config(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    if not path.exists():
+        raise typer.BadParameter(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def split_list(text: str | None) -> list[str] | None:
+    return None if text is None else [item.strip() for item in text.split(",") if item.strip()]
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def run(
+    dataset: Optional[str] = typer.Option(None, help="dataset name (see `hyperunmix datasets`)"),
+    method: Optional[str] = typer.Option(None, help="method name, e.g. gauss, vca-fcls"),
+    seed: Optional[int] = typer.Option(None, help="random seed"),
+    set_: list[str] = typer.Option([], "--set", help="method parameter key=value (repeatable)"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/DATASET-METHOD-seedN)"),
+    config: Optional[Path] = typer.Option(None, help="YAML with dataset, method, seed, params"),
+    figures: bool = typer.Option(True, help="write figures"),
+) -> None:
+    """Fit one method on one dataset; write estimates.mat, metrics.json, config.yaml, figures."""
+    from hyperunmix.datasets import load_dataset
+    from hyperunmix.run import RunConfig, run_method
+
+    values = read_config(config)
+    overrides = {"dataset": dataset, "method": method, "seed": seed}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["params"] = {**values.get("params", {}), **parse_sets(set_)}
+    try:
+        cfg = RunConfig(**values)
+    except ValidationError as err:
+        fail(f"bad run config: {err}")
+    out = out or Path("runs") / f"{cfg.dataset}-{cfg.method}-seed{cfg.seed}"
+    try:
+        scene = load_dataset(cfg.dataset, **cfg.dataset_options)
+        with console.status(f"fitting {cfg.method} on {cfg.dataset} (seed {cfg.seed})"):
+            metrics = run_method(scene, cfg.method, cfg.seed, cfg.params, out, figures=figures,
+                                 dataset_options=cfg.dataset_options)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        fail(str(err))
+    print_metrics(metrics)
+    console.print(f"written to [bold]{out}[/bold]")
+
+
+@app.command()
+def bench(
+    datasets: Optional[str] = typer.Option(None, help="comma-separated dataset names"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated method names"),
+    seeds: Optional[str] = typer.Option(None, help="e.g. 0-4 or 0,1,2"),
+    out: Path = typer.Option(Path("runs/bench"), help="output directory"),
+    config: Optional[Path] = typer.Option(None, help="YAML with datasets, methods, seeds, params"),
+    figures: Optional[str] = typer.Option(None, help="per-run figures: all, first-seed, none"),
+) -> None:
+    """Datasets x methods x seeds: results.csv, summary.md (mean ± std), figures."""
+    from hyperunmix.bench import BenchConfig, markdown_table, run_bench
+
+    values = read_config(config)
+    overrides = {"datasets": split_list(datasets), "methods": split_list(methods), "seeds": seeds, "figures": figures}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        cfg = BenchConfig(**values)
+    except (ValidationError, ValueError) as err:
+        fail(f"bad bench config: {err}")
+    total = len(cfg.datasets) * len(cfg.methods) * len(cfg.seeds)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("benchmark", total=total)
+        started = [False]
+
+        def advance(label: str) -> None:
+            if started[0]:
+                progress.advance(task)
+            started[0] = True
+            progress.update(task, description=label)
+
+        try:
+            rows, summary = run_bench(cfg, out, on_progress=advance)
+        except (ValueError, FileNotFoundError) as err:
+            fail(str(err))
+        progress.update(task, completed=total, description="done")
+    print(markdown_table(summary))  # plain print: rich would wrap the table's long lines
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        console.print(f"[yellow]{len(failed)} run(s) failed; see {out / 'errors.log'}[/yellow]")
+    console.print(f"results in [bold]{out}[/bold] (results.csv, summary.md, figures)")
+
+
+@app.command("datasets")
+def list_cmd() -> None:
+    """The datasets the package knows, whether their files are present, and where."""
+    from hyperunmix.datasets import data_dir, list_datasets
+
+    table = Table(title=f"datasets (data directory: {data_dir()})")
+    for column in ("name", "p", "H x W x L", "available", "path"):
+        table.add_column(column)
+    for row in list_datasets():
+        shape = " x ".join(map(str, row["shape"])) if row["shape"] else "?"
+        table.add_row(row["name"], str(row["p"]), shape, "yes" if row["available"] else "[red]no[/red]", row["path"])
+    console.print(table)
+
+
+@app.command()
+def show(run_dir: Path = typer.Argument(..., help="a run directory (or a bench directory)")) -> None:
+    """Print the metrics and configuration of a run, or the table of a benchmark."""
+    from hyperunmix.run import load_run
+
+    if (run_dir / "summary.md").exists():
+        print((run_dir / "summary.md").read_text())
+        return
+    try:
+        metrics, config = load_run(run_dir)
+    except FileNotFoundError as err:
+        fail(str(err))
+    print_metrics(metrics)
+    console.print(yaml.safe_dump(config, sort_keys=False))
+    figures = sorted(p.name for p in run_dir.glob("*.png"))
+    console.print(f"figures: {', '.join(figures) if figures else 'none'}")
+
+
+def print_metrics(metrics: dict) -> None:
+    table = Table(title=f"{metrics['method']} on {metrics['dataset']} (seed {metrics['seed']})")
+    table.add_column("metric")
+    table.add_column("value")
+    for key in ("mean_sad_deg", "sad_deg", "armse", "armse_per_endmember", "sre_db", "reconstruction_rmse",
+                "fit_time_s", "matching"):
+        if key in metrics:
+            value = metrics[key]
+            text = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value) \
+                if isinstance(value, list) else (f"{value:.4g}" if isinstance(value, float) else str(value))
+            table.add_row(key, text)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,95 @@
+"""Figures of a run (abundance maps, endmember spectra, training curves) and of a benchmark."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from hyperunmix.data import atomic_write  # noqa: E402
+
+
+def save(fig, path: Path) -> Path:
+    """Save atomically as PNG and close the figure."""
+    atomic_write(Path(path), lambda handle: fig.savefig(handle, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return Path(path)
+
+
+def material_labels(p: int, names: list[str] | None) -> list[str]:
+    return list(names) if names else [f"endmember {k}" for k in range(p)]
+
+
+def abundance_grid(A_hat: np.ndarray, path: Path, A_true: np.ndarray | None = None,
+                   names: list[str] | None = None, title: str = "") -> Path:
+    """Estimated (top row) and true (bottom row) abundance maps, (p, H, W), same colour scale."""
+    p = A_hat.shape[0]
+    rows = 1 if A_true is None else 2
+    fig, axes = plt.subplots(rows, p, figsize=(2.6 * p, 2.6 * rows + 0.4), squeeze=False)
+    for k, label in enumerate(material_labels(p, names)):
+        for row, (maps, kind) in enumerate([(A_hat, "estimated"), (A_true, "true")][:rows]):
+            image = axes[row, k].imshow(maps[k], vmin=0, vmax=1, cmap="viridis")
+            axes[row, k].set_title(f"{label} ({kind})", fontsize=9)
+            axes[row, k].axis("off")
+    fig.colorbar(image, ax=axes, shrink=0.8)
+    fig.suptitle(title, y=1.04)
+    return save(fig, path)
+
+
+def endmember_plot(E_hat: np.ndarray, path: Path, E_true: np.ndarray | None = None,
+                   names: list[str] | None = None, wavelengths: np.ndarray | None = None,
+                   sad_deg: list[float] | None = None, title: str = "") -> Path:
+    """One panel per endmember: estimated spectrum against the true one."""
+    L, p = E_hat.shape
+    x = np.arange(L) if wavelengths is None else wavelengths
+    fig, axes = plt.subplots(1, p, figsize=(3.2 * p, 2.8), squeeze=False)
+    for k, label in enumerate(material_labels(p, names)):
+        ax = axes[0, k]
+        ax.plot(x, E_hat[:, k], label="estimated")
+        if E_true is not None:
+            ax.plot(x, E_true[:, k], "--", label="true")
+        subtitle = f"{label}" + (f" (SAD {sad_deg[k]:.2f} deg)" if sad_deg else "")
+        ax.set_title(subtitle, fontsize=9)
+        ax.set_xlabel("band" if wavelengths is None else "wavelength (nm)")
+    axes[0, 0].set_ylabel("reflectance")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title, y=1.04)
+    return save(fig, path)
+
+
+def training_curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path | None:
+    """Every non-empty curve of `history_` on a log scale, one panel each."""
+    curves = {name: values for name, values in history.items() if len(values)}
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 2.8), squeeze=False)
+    for ax, (name, values) in zip(axes[0], curves.items()):
+        values = np.asarray(values, dtype=float)
+        ax.plot(np.arange(1, len(values) + 1), values)
+        if np.all(values > 0):
+            ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+    fig.suptitle(title, y=1.04)
+    return save(fig, path)
+
+
+def bench_bars(summary: list[dict], path: Path, dataset: str) -> Path:
+    """Mean SAD and aRMSE (with std error bars) per method on one dataset."""
+    rows = [r for r in summary if r["dataset"] == dataset]
+    methods = [r["method"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.9 * len(methods) + 3), 3.2))
+    for ax, key, label in [(axes[0], "mean_sad_deg", "mean SAD (deg)"), (axes[1], "armse", "aRMSE")]:
+        means = [r.get(f"{key}_mean", np.nan) for r in rows]
+        stds = [r.get(f"{key}_std", 0.0) for r in rows]
+        ax.bar(range(len(methods)), means, yerr=stds, capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+    fig.suptitle(dataset)
+    return save(fig, path)
