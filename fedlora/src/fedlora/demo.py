@@ -5,6 +5,7 @@ data comes from the hub dataset and the log says so.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,8 +16,9 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cpu-minilm.yaml"
 OVERRIDES = ["rounds=3", "data.eval_size=100"]
 
 
-def main(out: str = "sweeps/demo") -> int:
+def main(out: str = "runs/fedlora-demo") -> int:
     cfg = load_config(CONFIG, OVERRIDES)
+    shutil.rmtree(out, ignore_errors=True)  # the demo's own folder: always a fresh comparison
     print(f"fedlora demo: {CONFIG.name} with {' '.join(OVERRIDES)}; 4 methods x seed {cfg.seed}")
     folder = sweep(cfg, out, ["fedavg", "svd", "fedsvd", "subspace"], [cfg.seed], progress=sys.stderr.isatty())
     print((folder / "table.md").read_text())

@@ -1,7 +1,7 @@
 """`python -m hyperunmix.demo`: GAUSS variants, signal-processing and deep baselines on Samson.
 
 Prints the mean ± std table over a few seeds and writes results.csv, summary.md and figures
-(the same as `hyperunmix bench --config configs/demo.yaml --out runs/demo`).
+(the same as `hyperunmix bench --config configs/demo.yaml --out runs/hyperunmix-demo`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from hyperunmix.bench import BenchConfig, markdown_table, parse_seeds, run_bench
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    parser.add_argument("--out", default="runs/hyperunmix-demo", help="output directory (default runs/hyperunmix-demo)")
     parser.add_argument("--seeds", default=None, help="e.g. 0-2 (default 0,1)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of the demo methods")
     args = parser.parse_args(argv)
