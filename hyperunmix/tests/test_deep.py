@@ -51,10 +51,16 @@ def test_autoencoder_bad_init_is_named(tiny_scene):
         make_method("autoencoder", 3, 0, init="pca").fit(tiny_scene.cube)
 
 
-@pytest.mark.parametrize("name,bound", [("autoencoder", "AE_SAD"), ("cnnaeu", "CNN_SAD")])
-def test_deep_baselines_on_synthetic(name, bound):
-    scene = load_dataset("synthetic")
-    model = make_method(name, scene.p, 0).fit(scene.cube)
+# Measured (seed 0): autoencoder 2.77 deg / 0.107, CNNAEU 4.60 deg / 0.177; random spectra of
+# the procedural library sit well above 10 deg.
+@pytest.mark.parametrize("name,params,max_sad,max_armse", [
+    ("autoencoder", {"epochs": 12}, 4.5, 0.15),
+    ("cnnaeu", {"epochs": 40, "patch_size": 32}, 6.5, 0.23),
+])
+def test_deep_baselines_on_synthetic(name, params, max_sad, max_armse):
+    scene = load_dataset("synthetic")  # 64 x 80, p = 4, SNR 30 dB
+    model = make_method(name, scene.p, 0, **params).fit(scene.cube)
     result = score(model.endmembers_, model.abundances_, scene.E, scene.A)
-    assert result["mean_sad_deg"] < BOUNDS[bound]
+    assert result["mean_sad_deg"] < max_sad
+    assert result["armse"] < max_armse
     assert model.history_["sad"][-1] < model.history_["sad"][0]

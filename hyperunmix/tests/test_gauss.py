@@ -144,14 +144,16 @@ def test_gauss_blind_recovers_synthetic_endmembers():
     scene = load_dataset("synthetic")  # 64 x 80, p = 4, SNR 30 dB, procedural library
     model = GAUSSBlind(scene.p, random_state=0).fit(scene.cube)
     result = score(model.endmembers_, model.abundances_, scene.E, scene.A)
-    assert result["mean_sad_deg"] < SYNTHETIC_SAD_DEG
-    assert result["armse"] < SYNTHETIC_ARMSE
+    # Measured 1.35 deg / 0.049 (stage-1 GAUSS alone: ~5 deg on Samson, see docs/ablation.md).
+    assert result["mean_sad_deg"] < 2.5
+    assert result["armse"] < 0.08
 
 
 def test_gauss_blind_on_samson_seed0():
     scene = load_dataset("samson")
     model = GAUSSBlind(3, random_state=0).fit(scene.cube)
     result = score(model.endmembers_, model.abundances_, scene.E, scene.A)
-    # Measured 3.05 deg / 0.240; VCA+FCLS 4.6 deg, k-means+FCLS 12 deg.
+    # Measured 3.05 deg / 0.240 (2 threads) and 3.35 / 0.240 (1 thread); VCA+FCLS 4.6 deg,
+    # stage-1 GAUSS 5.3 deg / 0.35.
     assert result["mean_sad_deg"] < 3.6
     assert result["armse"] < 0.26

@@ -18,7 +18,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from torch import nn
 
-from hyperunmix.methods.base import Unmixer, check_cube
+from hyperunmix.methods.base import Unmixer
 from hyperunmix.methods.networks import ApproximationNetwork, MixingNetwork, UnmixingNetwork
 from hyperunmix.methods.patches import extract_patches, predict_tiled
 
@@ -188,7 +188,10 @@ class GAUSS(Unmixer):
         """Abundances (p, H, W) of any cube with the fitted bands, in bounded-memory tiles."""
         if not hasattr(self, "un_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(cube) first")
-        cube = check_cube(cube, self.n_endmembers)
+        # No float64 copy of a large cube: tiles are converted to float32 one at a time.
+        cube = cube if isinstance(cube, np.ndarray) else np.asarray(cube)
+        if cube.ndim != 3:
+            raise ValueError(f"cube must have shape (H, W, L), got an array of shape {cube.shape}")
         h, w, bands = cube.shape
         if bands != self.endmembers_.shape[0]:
             raise ValueError(f"cube has {bands} bands, the model was fitted on {self.endmembers_.shape[0]}")
@@ -218,6 +221,8 @@ class GAUSS(Unmixer):
             return recon + weight(epoch) * guide
 
         total: list[float] = self.history_.setdefault("stage2_total", [])
+        # One Adam run per epoch: the guide weight changes each epoch, and restarting the moment
+        # estimates with it is the setting all reported numbers were measured with.
         for epoch in range(epochs):
             _train(parameters, lambda i, _: batch_loss(i, epoch), len(centre), 1, self.batch_size,
                    lr, gen, total, after_step=self.mn_.project)

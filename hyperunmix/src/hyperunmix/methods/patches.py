@@ -98,5 +98,7 @@ def predict_tiled(
     height, width = cube.shape[0], cube.shape[1]
     output = np.empty((height * width, out_features), dtype=np.float32)
     for start, end, patches in iter_patch_tiles(cube, window, max_pixels, flatten):
+        if not torch.isfinite(patches).all():
+            raise ValueError(f"cube contains NaN or infinite values in pixels {start}..{end - 1}")
         output[start:end] = model(patches).numpy()
     return output
