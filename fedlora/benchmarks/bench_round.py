@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,6 @@ import torch  # noqa: E402
 from fedlora.client import local_update, resolve_train  # noqa: E402
 from fedlora.config import load_config  # noqa: E402
 from fedlora.engine import build_federation, run_round  # noqa: E402
-from fedlora.methods import build_method  # noqa: E402
 from fedlora.models import initial_state  # noqa: E402
 from fedlora.progress import Progress  # noqa: E402
 

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_encoder, make_tokenizer, shared_file
 from typer.testing import CliRunner
 
+from conftest import make_encoder, make_tokenizer, shared_file
 from fedlora.cli import app
 from fedlora.summary import RESULT_COLUMNS
 

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-from conftest import make_decoder, make_encoder, make_items, make_lora_model
 from peft import PeftModel
 
+from conftest import make_decoder, make_encoder, make_items, make_lora_model
 from fedlora.adapters import live_factors, read_state, save_peft_adapter, set_trainable, write_state
 from fedlora.client import LocalTrain, local_update, plan_micro_batches, resolve_train
 from fedlora.config import LoraSection, ModelConfig, TrainConfig

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_encoder, make_tokenizer, shared_file
 
+from conftest import make_encoder, make_tokenizer, shared_file
 from fedlora.config import ConfigError, config_from_dict, load_config
 from fedlora.engine import train_federation
 from fedlora.progress import Progress

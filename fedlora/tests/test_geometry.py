@@ -6,8 +6,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from fedlora.geometry import (GEOMETRY_KEYS, basis_overlap, factored_gram, principal_angles,
-                              round_geometry)
+from fedlora.geometry import GEOMETRY_KEYS, basis_overlap, factored_gram, principal_angles, round_geometry
 from fedlora.state import AdapterState, LoraFactors
 
 S = 2.0

@@ -6,15 +6,14 @@ import time
 
 import pytest
 import torch
-from conftest import make_decoder, make_encoder, make_items, make_lora_model
 from transformers import BertConfig, GPT2Config, LlamaConfig, RobertaConfig, ViTConfig
 
+from conftest import make_decoder, make_encoder, make_items, make_lora_model
 from fedlora import models
 from fedlora.adapters import head_params, lora_modules, read_state, write_state
 from fedlora.config import LoraSection, ModelConfig
 from fedlora.models import OFFLINE_MODELS, OfflineModel, add_lora, detect_family, initial_state, load_base
 from fedlora.scoring import choice_scores, encode
-
 
 # ---------------------------------------------------------------- family detection and loading
 

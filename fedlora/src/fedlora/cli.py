@@ -118,6 +118,18 @@ def report(sweep_dir: Path = typer.Argument(..., help="sweep folder")) -> None:
         _fail(err)
 
 
+def _mount_flower() -> None:
+    """`fedlora flower ...` when the optional Flower extra is installed."""
+    try:
+        from fedlora.flower.cli import flower_app
+    except ImportError:  # pragma: no cover - without the [flower] extra
+        return
+    app.add_typer(flower_app, name="flower", help="Run the same methods on Flower (simulation or deployment).")
+
+
+_mount_flower()
+
+
 def _summary_line(s: dict) -> str:
     return (f"{s['method']} seed {s['seed']}: best acc {s['best_accuracy']:.4f} (round {s['best_round']}), "
             f"final acc {s['final_accuracy']:.4f}, final loss {s['final_loss']:.4f}, "

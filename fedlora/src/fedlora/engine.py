@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from fedlora.adapters import read_state, save_peft_adapter, write_state
+from fedlora.adapters import save_peft_adapter, write_state
 from fedlora.client import ClientResult, local_update, resolve_train
 from fedlora.config import FAMILY_DEFAULTS, RunConfig
 from fedlora.data import Item, load_pools

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from transformers.utils import logging as hf_logging
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     AutoConfig,
@@ -170,7 +171,20 @@ def load_base(cfg: ModelConfig, device: str | torch.device = "cpu", log: Log = p
     family = cfg.family if cfg.family != "auto" else detect_family(hf_config)
     auto = AutoModelForCausalLM if family == "decoder" else AutoModelForMultipleChoice
     quant = _quantization_kwargs(cfg, device)
-    model = auto.from_pretrained(path, dtype=getattr(torch, cfg.dtype), **quant)
+    # transformers prints a load report listing the new multiple-choice head as missing; that
+    # head is expected to be new (it is trained and averaged by the federation), so say it once.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = auto.from_pretrained(path, dtype=getattr(torch, cfg.dtype), **quant)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    if family == "encoder":
+        log(f"model: {cfg.name} ({family}); the multiple-choice head is new and trained with the adapters")
+    else:
+        log(f"model: {cfg.name} ({family})")
     if not quant:
         model.to(device)
     if quant:

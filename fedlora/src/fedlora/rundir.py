@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-
-import yaml
 
 from fedlora.config import RunConfig, config_from_dict, dump_config
 from fedlora.state import AdapterState

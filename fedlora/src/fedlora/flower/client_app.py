@@ -2,31 +2,34 @@
 
 The Federation (data, partition, model, tokenised pools) is built once per process and cached
 at module level: Flower's simulation keeps its worker processes between messages, so only the
-first message of a worker pays for it. The node's partition comes from
+first message of a worker pays for it. torch and the model code are imported on first use only,
+so the partition query (one short-lived process per node in a deployment) starts fast. The node's partition comes from
 `context.node_config["partition-id"]`; per-node bookkeeping lives in `context.state`.
 """
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedlora.adapters import write_state
-from fedlora.engine import Federation, build_federation, client_update
-from fedlora.evaluation import evaluate
-from fedlora.flower.records import (ARRAYS, METRICS, arrays_to_state, read_train_config, result_content)
 from fedlora.flower.settings import parse_run_config
+
+if TYPE_CHECKING:
+    from fedlora.engine import Federation
 
 log = logging.getLogger("fedlora.flower.client")
 STATE_KEY = "fedlora-client"  # ConfigRecord in context.state: this node's private bookkeeping
 
 app = ClientApp()
-_FEDERATION: dict[str, Federation] = {}
+_FEDERATION: dict[str, "Federation"] = {}
 
 
-def federation_for(context: Context) -> Federation:
+def federation_for(context: Context) -> "Federation":
     """The process-wide Federation of this run's config (built on first use)."""
+    from fedlora.engine import build_federation
+
     key = repr(sorted(context.run_config.items()))
     if key not in _FEDERATION:
         cfg, _ = parse_run_config(context.run_config)
@@ -70,6 +73,9 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local update of this node's partition from the global adapter in the message."""
+    from fedlora.engine import client_update
+    from fedlora.flower.records import ARRAYS, arrays_to_state, read_train_config, result_content
+
     fed = federation_for(context)
     pid = partition_id(context, fed.cfg.federation.num_clients)
     round_idx, client = read_train_config(msg.content)
@@ -84,6 +90,10 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Score the global adapter in the message on this node's own partition."""
+    from fedlora.adapters import write_state
+    from fedlora.evaluation import evaluate
+    from fedlora.flower.records import ARRAYS, METRICS, arrays_to_state
+
     fed = federation_for(context)
     pid = partition_id(context, fed.cfg.federation.num_clients)
     write_state(fed.model, arrays_to_state(msg.content[ARRAYS]))

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -283,7 +284,7 @@ class LocalFederation:
         import httpx  # a Flower dependency
 
         scheme = "https" if self.tls_files else "http"
-        verify: Any = str(self.tls_files.ca_cert) if self.tls_files else False
+        verify: Any = ssl.create_default_context(cafile=str(self.tls_files.ca_cert)) if self.tls_files else False
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if not proc.alive():
@@ -330,8 +331,10 @@ class LocalFederation:
 
     # -- flwr CLI -----------------------------------------------------------------------------
     def flwr(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+        # Run in the work folder: the flwr CLI inspects a pyproject.toml in its working directory
+        # (legacy-config migration) and refuses to run beside one that is not a Flower app.
         return subprocess.run([flower_command("flwr"), *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout_s, stdin=subprocess.DEVNULL)
+                              timeout=timeout_s, stdin=subprocess.DEVNULL, cwd=self.workdir)
 
     def flwr_json(self, *args: str) -> dict:
         done = self.flwr(*args, "--format", "json")

@@ -8,14 +8,12 @@ Message content layout (keys of the RecordDict):
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedlora.client import ClientResult
-from fedlora.state import AdapterState, LoraFactors
+from fedlora.state import AdapterState
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 ROUND_KEY, CLIENT_KEY = "server-round", "client"
@@ -96,12 +94,6 @@ def read_result(content: RecordDict, start: AdapterState) -> tuple[int, ClientRe
                           micro_batches=int(metrics["micro_batches"]),
                           optimizer_steps=int(metrics["optimizer_steps"]))
     return int(metrics["client"]), result
-
-
-def metric_record(values: dict[str, Any]) -> MetricRecord:
-    """MetricRecord of the numeric entries of `values` (None and non-numbers are left out)."""
-    return MetricRecord({k: float(v) for k, v in values.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
 def wire_bytes(record: ArrayRecord) -> int:

@@ -13,7 +13,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedlora.config import ConfigError, RunConfig, config_from_dict, load_config, parse_override
+from fedlora.config import ConfigError, RunConfig, config_from_dict, load_config
 
 Engine = Literal["flower-simulation", "flower-deployment"]
 
@@ -29,7 +29,9 @@ class FlowerSettings(BaseModel):
     # are recorded in the round's `failed_clients` and left out of the aggregate).
     min_replies: int = Field(1, ge=1)
     round_timeout_s: float = Field(600.0, gt=0, description="wait at most this long for replies")
-    poll_interval_s: float = Field(0.2, gt=0, description="pause between reply pulls")
+    # Pause between reply pulls (Flower's own grid: 3 s). Shorter polls cost CPU that the clients
+    # need on a small machine: see docs/flower.md for measurements.
+    poll_interval_s: float = Field(1.0, gt=0, description="pause between reply pulls")
     node_wait_s: float = Field(120.0, ge=0, description="wait this long for all nodes to connect")
     client_eval: bool = False  # also let the sampled clients score the new global on their data
 

@@ -1,0 +1,336 @@
+"""Flower layer without processes: records, run config, app file, and the ServerApp/ClientApp
+driven through an in-process Grid (the same code Flower runs, minus the transport)."""
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_encoder, make_tokenizer, shared_file
+from fedlora.config import ConfigError, load_config
+from fedlora.engine import train_federation
+from fedlora.flower.records import arrays_to_state, read_result, result_content, state_to_arrays
+from fedlora.flower.settings import FlowerSettings, parse_run_config, to_run_config
+from fedlora.state import AdapterState, LoraFactors
+
+ROOT = Path(__file__).resolve().parents[1]
+GEOMETRY_KEYS = ("basis_overlap", "basis_overlap_code", "cancellation_ratio_delta", "client_global_cosine")
+
+
+# -- shared tiny setup (also used by test_flower_deploy.py) --------------------------------------
+def write_tiny_setup(folder: Path) -> dict:
+    """A tiny random RoBERTa saved with save_pretrained, and small JSONL pools from the shared data."""
+    tokenizer = make_tokenizer()
+    model_dir = folder / "tiny-roberta"
+    make_encoder(len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    train = shared_file("hellaswag/hellaswag_train_3368.jsonl").read_text().splitlines()[:60]
+    val = shared_file("hellaswag/hellaswag_val.jsonl").read_text().splitlines()[:16]
+    (folder / "train.jsonl").write_text("\n".join(train) + "\n")
+    (folder / "val.jsonl").write_text("\n".join(val) + "\n")
+    return {"model.name": str(model_dir), "data.train_path": str(folder / "train.jsonl"),
+            "data.eval_path": str(folder / "val.jsonl"), "data.source": "local", "data.max_length": 32,
+            "data.train_size": 60, "data.eval_size": 16,
+            "threads": 1, "federation.num_clients": 3, "federation.min_client_size": 2,
+            "federation.fraction": 0.6, "train.max_local_steps": 2, "lora.r": 4, "lora.alpha": 8}
+
+
+def tiny_config(setup: dict, **extra):
+    return load_config(ROOT / "configs" / "tiny.yaml", {**setup, **extra})
+
+
+def comparable(metrics: list[dict]) -> list[dict]:
+    """The per-round numbers both engines must agree on (timings and Flower extras left out)."""
+    keep = ("round", "clients", "weights", "accuracy", "loss", "client_loss", "examples_trained", "bytes_up",
+            "bytes_down")
+    return [{**{k: m.get(k) for k in keep}, **{k: m["geometry"][k] for k in GEOMETRY_KEYS}} for m in metrics]
+
+
+def assert_same_run(flower: list[dict], engine: list[dict], tol: float = 1e-6) -> None:
+    a, b = comparable(flower), comparable(engine)
+    assert [m["round"] for m in a] == [m["round"] for m in b]
+    for x, y in zip(a, b):
+        for key, value in y.items():
+            if isinstance(value, float):
+                assert x[key] == pytest.approx(value, abs=tol), (x["round"], key)
+            else:
+                assert x[key] == value, (x["round"], key)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    return write_tiny_setup(tmp_path_factory.mktemp("flower-setup"))
+
+
+# -- an in-process Grid --------------------------------------------------------------------------
+class InlineGrid:
+    """Runs the real ClientApp in this process, one Context per node (as a SuperNode keeps it).
+
+    broken: node indices whose ClientApp 'crashes' in training (an error reply, as Flower sends);
+    silent: node indices that stop answering after the partition query (a machine that died)."""
+
+    def __new__(cls, *args, **kwargs):
+        from flwr.serverapp import Grid
+
+        if not issubclass(cls, Grid):  # subclass lazily so importing this file stays light
+            cls = type("InlineGrid", (cls, Grid), {})
+        return object.__new__(cls)
+
+    def __init__(self, run_config: dict, nodes: int, broken=(), silent=(), partition_of=None):
+        from flwr.app import Context, RecordDict
+        from flwr.supercore.task_identity import TaskIdentity
+
+        # Flower stamps new messages with the identity of the running ServerApp task.
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        self.node_ids = [1000 + 7 * i for i in range(nodes)]
+        partition_of = partition_of or (lambda i: i)
+        self.contexts = {n: Context(run_id=1, node_id=n, state=RecordDict(), run_config=dict(run_config),
+                                    node_config={"partition-id": partition_of(i), "num-partitions": nodes})
+                         for i, n in enumerate(self.node_ids)}
+        self.broken = {self.node_ids[i] for i in broken}
+        self.silent = {self.node_ids[i] for i in silent}
+        self.replies: dict = {}
+        self.sent: list = []
+
+    def set_run(self, run) -> None:
+        pass
+
+    @property
+    def run(self):
+        return None
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        from flwr.app import Message
+
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+    def get_node_ids(self):
+        return list(self.node_ids)
+
+    def push_messages(self, messages):
+        from flwr.app import Error, Message
+
+        from fedlora.flower.client_app import app
+
+        ids = []
+        for msg in messages:
+            mid = uuid.uuid4().hex
+            msg.metadata.__dict__["_message_id"] = mid
+            node = msg.metadata.dst_node_id
+            self.sent.append((node, msg.metadata.message_type))
+            query = msg.metadata.message_type == "query"
+            if node in self.broken and not query:
+                self.replies[mid] = Message(Error(code=0, reason="ClientApp raised: simulated crash"), reply_to=msg)
+            elif node not in self.silent or query:
+                self.replies[mid] = app(msg, self.contexts[node])
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(m) for m in list(message_ids) if m in self.replies]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return self.pull_messages(self.push_messages(messages))
+
+
+def run_inline(cfg, out: Path, nodes: int | None = None, **settings):
+    from fedlora.flower.server_app import run_server
+
+    grid_kwargs = {k: settings.pop(k) for k in ("broken", "silent", "partition_of") if k in settings}
+    s = FlowerSettings(engine="flower-simulation", out_dir=str(out), poll_interval_s=0.01,
+                       **{"round_timeout_s": 1.0, **settings})
+    grid = InlineGrid(to_run_config(cfg, s), nodes or cfg.federation.num_clients, **grid_kwargs)
+    return grid, run_server(grid, cfg, s)
+
+
+# -- records and run config ------------------------------------------------------------------
+def random_state(seed: int = 0) -> AdapterState:
+    g = torch.Generator().manual_seed(seed)
+    lora = {f"layer{i}": LoraFactors(torch.randn(4, 6, generator=g), torch.randn(5, 4, generator=g)) for i in range(3)}
+    return AdapterState(lora=lora, head={"classifier.weight": torch.randn(1, 6, generator=g)})
+
+
+def test_arrays_round_trip_is_bit_exact():
+    state = random_state()
+    back = arrays_to_state(state_to_arrays(state), like=state)
+    for key, t in state.flat_dict().items():
+        assert torch.equal(back.flat_dict()[key], t)
+
+
+def test_trained_only_sends_no_a_and_takes_a_from_the_start():
+    from fedlora.client import ClientResult
+
+    start, trained = random_state(0), random_state(1)
+    record = state_to_arrays(trained, trained_only=True)
+    assert not [k for k in record if k.endswith("::A")]
+    assert record.count_bytes() < state_to_arrays(trained).count_bytes()
+    content = result_content(ClientResult(trained, 1.25, 16, 4, 2), client=2, trained_only=True)
+    client, result = read_result(content, start)
+    assert client == 2 and result.examples == 16 and result.mean_loss == 1.25 and result.optimizer_steps == 2
+    for name in start.lora:
+        assert torch.equal(result.state.lora[name].A, start.lora[name].A)
+        assert torch.equal(result.state.lora[name].B, trained.lora[name].B)
+
+
+def test_arrays_mismatch_names_the_tensor():
+    state = random_state()
+    record = state_to_arrays(state)
+    bad = state.clone()
+    bad.lora["layer1"] = LoraFactors(torch.zeros(4, 7), bad.lora["layer1"].B)
+    with pytest.raises(ValueError, match="layer1::A.*shape"):
+        arrays_to_state(state_to_arrays(bad), like=state)
+    del record["head::classifier.weight"]
+    with pytest.raises(ValueError, match="missing.*head::classifier.weight"):
+        arrays_to_state(record, like=state)
+
+
+def test_run_config_round_trip_and_errors(setup, tmp_path):
+    cfg = tiny_config(setup, **{"method.name": "fedsvd"})
+    settings = FlowerSettings(out_dir="/x", min_replies=2, round_timeout_s=9.5)
+    cfg2, settings2 = parse_run_config(to_run_config(cfg, settings))
+    assert cfg2 == cfg and settings2 == settings
+    by_path = parse_run_config({"config-path": str(ROOT / "configs" / "tiny.yaml"),
+                                "overrides": f"model.name={setup['model.name']};method.name=svd"})[0]
+    assert by_path.method.name == "svd" and by_path.model.name == setup["model.name"]
+    with pytest.raises(ConfigError, match="neither 'config-json' nor 'config-path'"):
+        parse_run_config({"config-json": ""})
+    with pytest.raises(ConfigError, match="unknown Flower run config key.*'min-reply'"):
+        parse_run_config({**to_run_config(cfg, settings), "min-reply": 3})
+    with pytest.raises(ConfigError, match="min-replies"):
+        parse_run_config({**to_run_config(cfg, settings), "min-replies": 0})
+    with pytest.raises(ConfigError, match="method.*unknown key"):
+        parse_run_config({"config-json": json.dumps({"model": {"name": "x"}, "method": {"nme": "svd"}})})
+
+
+def test_app_folder_is_valid_for_flower_and_shipped_copy_is_current(tmp_path):
+    import tomli
+    from flwr.common.config import validate_config
+
+    from fedlora.flower.deploy import app_pyproject, write_app
+
+    folder = write_app(tmp_path / "app")
+    config = tomli.loads((folder / "pyproject.toml").read_text())
+    ok, errors, _ = validate_config(config, check_module=True, project_dir=folder)
+    assert ok, errors
+    assert (ROOT / "flower_app" / "pyproject.toml").read_text() == app_pyproject()
+    assert parse_run_config({**config["tool"]["flwr"]["app"]["config"],
+                             "config-path": str(ROOT / "configs" / "tiny.yaml")})[1] == FlowerSettings()
+
+
+def test_certificates_verify_for_loopback(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+    from fedlora.flower.certs import make_node_keys, make_tls_certs
+
+    tls = make_tls_certs(tmp_path)
+    ca = x509.load_pem_x509_certificate(tls.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(tls.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    keys = make_node_keys(tmp_path, "node0")
+    private = load_ssh_private_key(keys.private.read_bytes(), None)
+    assert private.public_key().public_numbers() == load_ssh_public_key(keys.public.read_bytes()).public_numbers()
+    assert private.curve.name == "secp384r1" and oct(keys.private.stat().st_mode & 0o777) == "0o600"
+
+
+# -- the apps through the in-process grid ----------------------------------------------------
+@pytest.mark.parametrize("method", ["subspace", "fedsvd"])
+def test_apps_reproduce_the_in_process_engine(setup, tmp_path, method):
+    cfg = tiny_config(setup, **{"method.name": method})
+    train_federation(cfg, tmp_path / "engine")
+    grid, summary = run_inline(cfg, tmp_path / "flower")
+    assert summary["engine"] == "flower-simulation" and summary["clients_ever_failed"] == []
+    flower, engine = read_metrics(tmp_path / "flower"), read_metrics(tmp_path / "engine")
+    assert_same_run(flower, engine, tol=0.0)  # same process, same code path: bit-identical
+    assert [m["failed_clients"] for m in flower] == [[], []]
+    # every node was asked for its partition once; only sampled clients trained
+    assert sorted(n for n, t in grid.sent if t == "query") == sorted(grid.node_ids)
+    assert sum(t == "train" for _, t in grid.sent) == sum(len(m["clients"]) for m in engine)
+    # client-private state counts the rounds each node trained
+    for i, node in enumerate(grid.node_ids):
+        record = grid.contexts[node].state.config_records.get("fedlora-client")
+        times = sum(i in m["clients"] for m in engine)
+        assert (record["rounds-participated"] if record else 0) == times
+    for m in flower:  # FedSVD clients do not send their frozen A back
+        assert (m["bytes_up_wire"] < m["bytes_down_wire"]) if method == "fedsvd" else (
+            m["bytes_up_wire"] == m["bytes_down_wire"])
+    for name in ("summary.json", "config.yaml", "partition.json", "adapter_final/adapter_config.json",
+                 "checkpoint/global.safetensors"):
+        assert (tmp_path / "flower" / name).is_file(), name
+
+
+def test_crashed_and_silent_clients_are_left_out_and_recorded(setup, tmp_path):
+    from fedlora.engine import build_federation, server_update
+    from fedlora.partition import sample_clients
+
+    cfg = tiny_config(setup, **{"federation.fraction": 1.0, "method.name": "svd"})
+    _, summary = run_inline(cfg, tmp_path / "run", broken=[1], silent=[2])
+    metrics = read_metrics(tmp_path / "run")
+    assert summary["clients_ever_failed"] == [1, 2]
+    for m in metrics:
+        assert m["sampled_clients"] == [0, 1, 2] and m["clients"] == [0] and m["failed_clients"] == [1, 2]
+        assert m["weights"] == [1.0]
+        assert "simulated crash" in m["failure_reasons"]["1"] and "round-timeout" in m["failure_reasons"]["2"]
+    # the aggregate is exactly the package's server update over the replies that arrived
+    fed = build_federation(cfg, log=lambda _: None)
+    from fedlora.engine import client_update
+    from fedlora.models import initial_state
+
+    start = initial_state(fed.model, cfg.seed)
+    assert sample_clients(cfg.seed, 1, 3, 1.0) == [0, 1, 2]
+    _, record = server_update(fed, start, 1, [0], [client_update(fed, start, 1, 0)], 0.0)
+    assert metrics[0]["accuracy"] == record["accuracy"] and metrics[0]["loss"] == pytest.approx(record["loss"], abs=0)
+
+
+def test_too_few_replies_fail_the_run_clearly(setup, tmp_path):
+    from fedlora.flower.server_app import RoundFailed
+
+    cfg = tiny_config(setup, **{"federation.fraction": 1.0})
+    with pytest.raises(RoundFailed, match=r"round 1: 1 of 3 sampled clients replied, min-replies=2"):
+        run_inline(cfg, tmp_path / "run", broken=[0, 2], min_replies=2)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and "min-replies=2" in status["error"]
+
+
+def test_client_evaluation_scores_the_global_on_local_data(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    from fedlora.adapters import write_state
+    from fedlora.engine import build_federation
+    from fedlora.evaluation import evaluate
+
+    cfg = tiny_config(setup, rounds=1)
+    grid, _ = run_inline(cfg, tmp_path / "run", client_eval=True)
+    record = read_metrics(tmp_path / "run")[0]
+    assert record["client_eval"]["clients"] == record["clients"]
+    fed = build_federation(cfg, log=lambda _: None)
+    write_state(fed.model, AdapterState.from_flat_dict(load_file(str(tmp_path / "run" / "checkpoint" /
+                                                                   "global.safetensors"))))
+    scores = [evaluate(fed.model, fed.family, fed.client_data[k], 16) for k in record["clients"]]
+    n = sum(s["n"] for s in scores)
+    assert record["client_eval"]["accuracy"] == pytest.approx(sum(s["accuracy"] * s["n"] for s in scores) / n)
+    assert sum(t == "evaluate" for _, t in grid.sent) == len(record["clients"])
+
+
+def test_nodes_claiming_the_same_partition_are_refused(setup, tmp_path):
+    cfg = tiny_config(setup)
+    with pytest.raises(ValueError, match="both hold partition-id=0"):
+        run_inline(cfg, tmp_path / "run", partition_of=lambda i: 0)
+
+
+def test_deploy_checks_one_node_per_client(setup, tmp_path):
+    from fedlora.flower.run import flower_deploy
+
+    with pytest.raises(ValueError, match="--nodes 2 but federation.num_clients=3"):
+        flower_deploy(tiny_config(setup), tmp_path / "run", nodes=2)
+    assert not (tmp_path / "run").exists()
