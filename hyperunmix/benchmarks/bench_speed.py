@@ -123,7 +123,8 @@ def markdown(report: dict) -> str:
         lines += ["| method | " + " | ".join(datasets) + " |", "|---" * (len(datasets) + 1) + "|"]
         for name in METHODS:
             cells = [report["methods"][d].get(name) for d in datasets]
-            lines.append(f"| {name} | " + " | ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells) + " |")
+            text = [f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells]
+            lines.append(f"| {name} | " + " | ".join(text) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from transformers.utils import logging as hf_logging
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     AutoConfig,
@@ -29,6 +28,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES,
 )
+from transformers.utils import logging as hf_logging
 
 from fedlora.adapters import head_modules, lora_layers, read_state
 from fedlora.config import FAMILY_DEFAULTS, LoraSection, ModelConfig

@@ -194,7 +194,8 @@ def _decoder_scores_full(model: Any, b: DecoderBatch) -> Tensor:
     seq = seq * mask
     hidden = backbone(input_ids=seq, attention_mask=mask, use_cache=False).last_hidden_state
     predictors = hidden.gather(1, (end_pos - 1)[..., None].expand(-1, -1, hidden.shape[-1]))
-    scores = _ending_logprob_mean(lm_head, predictors, b.ending_ids.view(rows, te), b.ending_mask.view(rows, te).float())
+    targets, mask = b.ending_ids.view(rows, te), b.ending_mask.view(rows, te).float()
+    scores = _ending_logprob_mean(lm_head, predictors, targets, mask)
     return scores.view(n, NUM_CHOICES)
 
 

@@ -101,7 +101,9 @@ def markdown_table(rows: list[dict], ddof: int = 0) -> str:
         out.append(f"**{model}** (mean ± {label}; n = complete seeds)\n")
         out.append("| Method | n | " + " | ".join(c[0] for c in TABLE_COLUMNS) + " |")
         out.append("|---|---|" + "---|" * len(TABLE_COLUMNS))
-        for method, runs in methods.items():
+        order = list(METHOD_LABELS)
+        ranked = sorted(methods.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
+        for method, runs in ranked:
             done = [r for r in runs if r.get("status", "complete") == "complete"]
             missing = len(runs) - len(done)
             cells = []

@@ -141,7 +141,8 @@ def markdown_table(summary: list[dict]) -> str:
     for entry in summary:
         runs = f"{entry['runs']}" + (f" ({entry['failed']} failed)" if entry["failed"] else "")
         lines.append(f"| {entry['dataset']} | {entry['method']} | {cell(entry, 'mean_sad_deg', 2)} | "
-                     f"{cell(entry, 'armse', 3)} | {cell(entry, 'sre_db', 2)} | {cell(entry, 'fit_time_s', 2)} | {runs} |")
+                     f"{cell(entry, 'armse', 3)} | {cell(entry, 'sre_db', 2)} | "
+                     f"{cell(entry, 'fit_time_s', 2)} | {runs} |")
     return "\n".join(lines) + "\n"
 
 

@@ -111,8 +111,8 @@ def run_method(
     else:
         metrics["reconstruction_rmse"] = reconstruction_rmse(scene.Y, E_hat, A_hat)
     if out_dir is not None:
-        write_run(Path(out_dir), scene, model, metrics, resolved_config(scene, method_name, seed, model, dataset_options),
-                  figures)
+        config = resolved_config(scene, method_name, seed, model, dataset_options)
+        write_run(Path(out_dir), scene, model, metrics, config, figures)
     return metrics
 
 

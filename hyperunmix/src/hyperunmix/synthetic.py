@@ -23,7 +23,8 @@ def procedural_library(p: int, n_bands: int, rng: np.random.Generator) -> np.nda
         spectrum = np.clip(spectrum, 0.02, None)
         spectrum = 0.05 + 0.85 * spectrum / spectrum.max()
         unit = spectrum / np.linalg.norm(spectrum)
-        if k and np.degrees(np.arccos(np.clip(E[:, :k].T @ unit / np.linalg.norm(E[:, :k], axis=0), -1, 1))).min() < MIN_LIBRARY_ANGLE_DEG:
+        cosines = np.clip(E[:, :k].T @ unit / np.linalg.norm(E[:, :k], axis=0), -1, 1) if k else None
+        if k and np.degrees(np.arccos(cosines)).min() < MIN_LIBRARY_ANGLE_DEG:
             continue
         E[:, k] = spectrum
         k += 1

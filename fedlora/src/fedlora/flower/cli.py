@@ -74,7 +74,8 @@ def simulate(config: Path = typer.Argument(..., help="YAML config"), set_: Optio
 @flower_app.command()
 def deploy(config: Path = typer.Argument(..., help="YAML config"), set_: Optional[List[str]] = SET,
            out: Optional[Path] = OUT,
-           nodes: Optional[int] = typer.Option(None, help="SuperNodes (one per client; default federation.num_clients)"),
+           nodes: Optional[int] = typer.Option(
+               None, help="SuperNodes (one per client; default federation.num_clients)"),
            tls: bool = typer.Option(False, help="TLS with a fresh self-signed CA"),
            auth: bool = typer.Option(False, help="SuperNode authentication (needs --tls)"),
            min_replies: int = MIN_REPLIES, round_timeout: float = ROUND_TIMEOUT, timeout: float = TIMEOUT,
