@@ -9,20 +9,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
+
+from fedlora.cli import _fail, _log
 
 flower_app = typer.Typer(add_completion=False, no_args_is_help=True,
                          help="Run fedlora on Flower: local simulation or SuperLink + SuperNodes on 127.0.0.1.")
-console = Console(stderr=True)
-
-
-def _log(msg: str) -> None:
-    console.print(msg, markup=False, highlight=False)
-
-
-def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 def _setup(config: Path, set_: Optional[List[str]], out: Optional[Path], kind: str, verbose: bool):
