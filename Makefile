@@ -39,6 +39,13 @@ bench: $(STAMP)
 	$(PY) fedlora/benchmarks/bench_round.py
 	$(PY) hyperunmix/benchmarks/bench_speed.py
 
+# Reproduction pages in docs/results/ from finished (or partly finished) run folders.
+FEDLORA_SWEEPS ?= sweeps/cpu-minilm
+HYPERUNMIX_BENCHES ?= runs/bench
+report: $(STAMP)
+	$(PY) -m fedlora.reproduction --sweeps $(FEDLORA_SWEEPS) --out docs/results/fedlora.md
+	$(PY) -m hyperunmix.reproduction --bench $(HYPERUNMIX_BENCHES) --out docs/results/hyperunmix.md
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fedlora hyperunmix
 

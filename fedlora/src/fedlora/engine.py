@@ -8,6 +8,7 @@ replays the same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,12 @@ def run_round(fed: Federation, state: AdapterState, round_idx: int, progress: Pr
     return server_update(fed, state, round_idx, clients, results, time.perf_counter() - t0)
 
 
+def machine_facts() -> dict:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
+            "torch": torch.__version__}
+
+
 class RunRecorder:
     """Bookkeeping of one run folder shared by every engine: metrics, best/final adapters,
     checkpoint after every round, summary and plots at the end."""
@@ -219,7 +226,7 @@ class RunRecorder:
         cfg = self.fed.cfg
         save_peft_adapter(self.fed.model, self.state, self.run_dir.path / "adapter_final")
         summary = {"method": cfg.method.name, "seed": cfg.seed, "model": cfg.model.name,
-                   **summarize(self.metrics), "wall_s": self.wall_s(), **extra}
+                   **summarize(self.metrics), "wall_s": self.wall_s(), "machine": machine_facts(), **extra}
         plot_run(self.metrics, self.run_dir.path / "plots", title=f"{cfg.method.name} seed {cfg.seed}")
         self.run_dir.write_summary(summary)
         return summary

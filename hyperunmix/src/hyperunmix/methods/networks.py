@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,8 +22,20 @@ class ApproximationNetwork(nn.Module):
         super().__init__()
         self.net = nn.Sequential(*_mlp([n_bands * window * window, hidden, n_bands]), nn.Softplus(beta=20.0))
 
+        self.window = window
+
     def forward(self, patches: torch.Tensor) -> torch.Tensor:  # (B, L*w*w) -> (B, L)
         return self.net(patches.flatten(1))
+
+    def forward_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Same as `forward` on every neighbourhood of a padded image (1, L, h + w - 1, W + w - 1),
+        returning (h*W, L) in row-major order. The first layer runs as a convolution (its
+        weight viewed as (hidden, L, w, w), the unfold feature order), which skips building
+        the w*w times larger patch matrix."""
+        first = self.net[0]
+        kernel = first.weight.view(first.out_features, -1, self.window, self.window)
+        hidden = F.conv2d(image, kernel, first.bias)[0].flatten(1).T
+        return self.net[1:](hidden)
 
 
 class UnmixingNetwork(nn.Module):

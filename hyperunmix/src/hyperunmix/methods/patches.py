@@ -1,7 +1,7 @@
 """Pixel neighbourhoods with tensor ops (reflect pad + unfold) and bounded-memory tiling."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -56,18 +56,17 @@ def _reflect_index(index: np.ndarray, size: int) -> np.ndarray:
     return np.where(index >= size, 2 * (size - 1) - index, index)
 
 
-def iter_patch_tiles(
+def iter_image_tiles(
     cube: np.ndarray | torch.Tensor,
     window: int = 3,
     max_pixels: int = 16384,
-    flatten: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (first_pixel, end_pixel, patches) over row bands of the scene.
+    """Yield (first_pixel, end_pixel, image) over row bands of the scene; `image` is the band's
+    reflect-padded (1, L, rows + w - 1, W + w - 1) block, ready for unfold or a convolution.
 
     Each tile holds whole image rows and at most about `max_pixels` pixels (at least one row),
-    so memory stays bounded on scenes too large to unfold at once. Concatenating the tiles
-    equals `extract_patches(cube, window)`.
+    so memory stays bounded on scenes too large to unfold at once.
     """
     height, width = cube.shape[0], cube.shape[1]
     pad = _check_window(window, height, width)
@@ -79,26 +78,49 @@ def iter_patch_tiles(
         image = block.permute(2, 0, 1).unsqueeze(0)  # (1, L, rows + 2 pad, W)
         if pad:
             image = F.pad(image, (pad, pad, 0, 0), mode="reflect")
+        yield row_start * width, row_end * width, image
+
+
+def iter_patch_tiles(
+    cube: np.ndarray | torch.Tensor,
+    window: int = 3,
+    max_pixels: int = 16384,
+    flatten: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (first_pixel, end_pixel, patches) over row bands of the scene (see
+    `iter_image_tiles`). Concatenating the tiles equals `extract_patches(cube, window)`."""
+    for start, end, image in iter_image_tiles(cube, window, max_pixels, dtype):
         columns = F.unfold(image, kernel_size=window)[0].T
         if not flatten:
-            columns = columns.reshape(-1, block.shape[2], window, window)
-        yield row_start * width, row_end * width, columns
+            columns = columns.reshape(-1, image.shape[1], window, window)
+        yield start, end, columns
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_tiled(
-    model: torch.nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     cube: np.ndarray | torch.Tensor,
     window: int,
     out_features: int,
     max_pixels: int = 16384,
     flatten: bool = True,
+    image_input: bool = False,
 ) -> np.ndarray:
-    """Apply `model` to every pixel neighbourhood tile by tile; returns (N, out_features)."""
+    """Apply `model` to every pixel neighbourhood tile by tile; returns (N, out_features).
+
+    `model` gets the tile's patches (see `iter_patch_tiles`), or with `image_input` the padded
+    image block itself (see `iter_image_tiles`) and must return one row per pixel.
+    """
     height, width = cube.shape[0], cube.shape[1]
     output = np.empty((height * width, out_features), dtype=np.float32)
-    for start, end, patches in iter_patch_tiles(cube, window, max_pixels, flatten):
-        if not torch.isfinite(patches).all():
-            raise ValueError(f"cube contains NaN or infinite values in pixels {start}..{end - 1}")
-        output[start:end] = model(patches).numpy()
+    for start, end, image in iter_image_tiles(cube, window, max_pixels):
+        # Checked on the block, not on the w*w times larger patch matrix.
+        if not torch.isfinite(image).all():
+            raise ValueError(f"cube contains NaN or infinite values in pixels near {start}..{end - 1}")
+        if not image_input:
+            image = F.unfold(image, kernel_size=window)[0].T
+            if not flatten:
+                image = image.reshape(-1, cube.shape[2], window, window)
+        output[start:end] = model(image).numpy()
     return output
