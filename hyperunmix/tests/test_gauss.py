@@ -150,6 +150,8 @@ def test_bad_parameters_are_named(tiny_scene):
     for key, value in [("mn", "cubic"), ("un_loss", "hinge"), ("kmeans_on", "pca")]:
         with pytest.raises(ValueError, match=key):
             GAUSS(3, **{key: value}).fit(tiny_scene.cube)
+    with pytest.raises(ValueError, match="stage2_mse_weight and sad_weight"):
+        GAUSSBlind(3, random_state=0, sad_weight=0.0, stage2_epochs=1, **FAST).fit(tiny_scene.cube)
     with pytest.raises(RuntimeError, match="not fitted"):
         GAUSS(3).transform(tiny_scene.cube)
     model = GAUSS(3, random_state=0, **FAST).fit(tiny_scene.cube)

@@ -217,6 +217,9 @@ class GAUSS(Unmixer):
                     train_an: bool, gen: torch.Generator, lr: float) -> None:
         """Stage 2: UN -> MN trained on reconstruction + weight(epoch) * guide term
         + `smooth_weight` x squared abundance difference to the right and lower neighbours."""
+        if not (self.stage2_mse_weight or self.sad_weight):
+            raise ValueError("stage2_mse_weight and sad_weight are both 0: stage 2 would have no "
+                             "reconstruction loss; set one of them above 0")
         modules = [self.un_, self.mn_] + ([self.an_] if train_an else [])
         parameters = [q for m in modules for q in m.parameters()]
         names = ("stage2_reconstruction", "stage2_guide", "stage2_smoothness")
