@@ -165,7 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         scene = load_dataset(name)
         variants = run_rows(scene, [(m, m, {}) for m in VARIANTS], seeds)
         factor_rows = [(label, BASE, params) for label, params in FACTORS]
-        factors = {"default": variants[BASE]} if factor_seeds == seeds else run_rows(scene, [("default", BASE, {})], factor_seeds)
+        if factor_seeds == seeds:
+            factors = {"default": variants[BASE]}
+        else:
+            factors = run_rows(scene, [("default", BASE, {})], factor_seeds)
         factors.update(run_rows(scene, factor_rows, factor_seeds))
         results[name] = {"variants": variants, "factors": factors}
     write_atomic(args.out, report(results, seeds, factor_seeds, args.threads, time.perf_counter() - start))
