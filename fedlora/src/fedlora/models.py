@@ -10,6 +10,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -209,7 +210,9 @@ def add_lora(model: PreTrainedModel, lora_cfg: LoraSection, family: str, seed: i
             raise ValueError(f"encoder model {type(model).__name__} has no head module {missing}")
     peft_cfg = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                           target_modules=list(targets), bias="none", modules_to_save=head)
-    peft_model = get_peft_model(model, peft_cfg)
+    with warnings.catch_warnings():  # PEFT reads a property that transformers 5 deprecates
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, peft_cfg)
     initial_state(peft_model, seed)
     return peft_model
 
