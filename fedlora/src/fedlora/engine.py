@@ -7,7 +7,6 @@ replays the same numbers as an uninterrupted one.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -54,11 +53,6 @@ class Federation:
     client_data: list  # pre-tokenised per client
     eval_data: object  # pre-tokenised eval subset
     partition_stats: dict
-
-    @property
-    def sampled_per_round(self) -> int:
-        fed = self.cfg.federation
-        return math.ceil(fed.num_clients * fed.fraction)
 
 
 _MODEL_CACHE: dict[str, tuple] = {}

@@ -36,11 +36,6 @@ class AdapterState:
             head={k: fn(t) for k, t in self.head.items()},
         )
 
-    def numel(self) -> int:
-        return sum(f.A.numel() + f.B.numel() for f in self.lora.values()) + sum(
-            t.numel() for t in self.head.values()
-        )
-
     def nbytes(self) -> int:
         """Bytes on the wire when every tensor is sent once in its own dtype."""
         tensors = [t for f in self.lora.values() for t in f] + list(self.head.values())
