@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hyperunmix.data import atomic_write
 from hyperunmix.datasets import load_dataset
 from hyperunmix.methods import make_method
 from hyperunmix.metrics import score
@@ -108,14 +108,6 @@ def verdict(name: str, table: dict[str, dict]) -> str:
             f"{'at or below' if g['armse'][0] <= table[best_armse]['armse'][0] else 'ABOVE'}.")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def report(results: dict, seeds: list[int], factor_seeds: list[int], threads: int, wall: float) -> str:
     lines = [
         "# GAUSS ablation",
@@ -171,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
             factors = run_rows(scene, [("default", BASE, {})], factor_seeds)
         factors.update(run_rows(scene, factor_rows, factor_seeds))
         results[name] = {"variants": variants, "factors": factors}
-    write_atomic(args.out, report(results, seeds, factor_seeds, args.threads, time.perf_counter() - start))
+    text = report(results, seeds, factor_seeds, args.threads, time.perf_counter() - start)
+    atomic_write(args.out, lambda handle: handle.write(text), mode="w")
     print(f"wrote {args.out}")
 
 
