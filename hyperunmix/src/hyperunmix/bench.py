@@ -42,6 +42,13 @@ def parse_seeds(text: str | int | list) -> list[int]:
     return seeds
 
 
+def _check_known(names: list[str], registry, what: str) -> list[str]:
+    unknown = [name for name in names if name not in registry]
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {unknown}; choose from {', '.join(registry)}")
+    return names
+
+
 class BenchConfig(BaseModel):
     """A benchmark (accepted by `hyperunmix bench --config`)."""
 
@@ -62,20 +69,14 @@ class BenchConfig(BaseModel):
     def known_methods(cls, value):
         from hyperunmix.methods import METHODS
 
-        unknown = [name for name in value if name not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-        return value
+        return _check_known(value, METHODS, "method")
 
     @field_validator("datasets")
     @classmethod
     def known_datasets(cls, value):
         from hyperunmix.datasets import DATASETS
 
-        unknown = [name for name in value if name not in DATASETS]
-        if unknown:
-            raise ValueError(f"unknown dataset(s) {unknown}; choose from {', '.join(DATASETS)}")
-        return value
+        return _check_known(value, DATASETS, "dataset")
 
     @field_validator("figures")
     @classmethod
