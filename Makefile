@@ -12,7 +12,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export MPLBACKEND := Agg
 
-.PHONY: setup demo test bench lint report clean
+.PHONY: setup demo test bench lint reproduce report clean
 
 setup: $(STAMP)
 
@@ -39,9 +39,22 @@ bench: $(STAMP)
 	$(PY) fedlora/benchmarks/bench_round.py
 	$(PY) hyperunmix/benchmarks/bench_speed.py
 
+# The long runs behind docs/results/ (about 2 hours on 2 CPU cores). Every step is resumable: run
+# it again after an interruption and finished runs are kept. In the background:
+#   nohup make reproduce > reproduce.log 2>&1 &
+reproduce: $(STAMP)
+	$(VENV)/bin/fedlora sweep fedlora/configs/cpu-smollm2-135m.yaml --no-progress \
+		--methods fedavg,svd,fedsvd,subspace,subspace-server-only,fedavg-penalty --seeds 42,43,44 \
+		--out sweeps/cpu-smollm2-135m
+	$(VENV)/bin/fedlora sweep fedlora/configs/cpu-minilm.yaml --no-progress \
+		--methods fedavg,svd,fedsvd,subspace --seeds 42,43,44 --set rounds=8 --set data.eval_size=100 \
+		--out sweeps/cpu-minilm
+	$(VENV)/bin/hyperunmix bench --config hyperunmix/configs/bench.yaml --out runs/bench
+	$(VENV)/bin/hyperunmix bench --config hyperunmix/configs/bench_urban.yaml --out runs/bench-urban
+
 # Reproduction pages in docs/results/ from finished (or partly finished) run folders.
-FEDLORA_SWEEPS ?= sweeps/cpu-minilm
-HYPERUNMIX_BENCHES ?= runs/bench
+FEDLORA_SWEEPS ?= sweeps/cpu-smollm2-135m sweeps/cpu-minilm
+HYPERUNMIX_BENCHES ?= runs/bench runs/bench-urban
 report: $(STAMP)
 	$(PY) -m fedlora.reproduction --sweeps $(FEDLORA_SWEEPS) --out docs/results/fedlora.md
 	$(PY) -m hyperunmix.reproduction --bench $(HYPERUNMIX_BENCHES) --out docs/results/hyperunmix.md

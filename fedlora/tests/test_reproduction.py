@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fedlora.config import RunConfig, dump_config
-from fedlora.reproduction import PLACEHOLDER, main, render
+from fedlora.reproduction import INTERPRETATION, main, render
 from fedlora.summary import summarize
 
 ROUNDS = 4
@@ -164,7 +164,7 @@ def test_direction_attribution_plots_and_provenance(sweep: Path, tmp_path: Path)
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert len(links) == 4 and all((out.parent / link).is_file() for link in links)
     assert all(link.startswith("fedlora/tiny/") for link in links)
-    assert PLACEHOLDER in text
+    assert INTERPRETATION in text
     assert f"fedlora sweep {sweep}/tiny-encoder/fedavg/seed42/config.yaml --methods " in text
     assert "--seeds 42,43,44" in text and "rounds: 4" in text and "torch threads (config `threads`): 1" in text
     total = sum(s["wall_s"] for s in source.values())

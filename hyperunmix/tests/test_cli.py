@@ -80,6 +80,25 @@ def test_bench_table_csv_and_failed_runs_recorded(tmp_path):
     assert (tmp_path / "bench_synthetic.png").exists()
 
 
+def test_bench_resume_keeps_finished_runs_made_with_the_same_settings(tmp_path):
+    config = BenchConfig(datasets=["synthetic"], methods=["vca-fcls"], seeds="0-1", figures="none")
+    run_bench(config, tmp_path)
+    seed0 = tmp_path / "runs" / "synthetic" / "vca-fcls" / "seed0" / "metrics.json"
+    marked = {**json.loads(seed0.read_text()), "fit_time_s": 123.0}
+    seed0.write_text(json.dumps(marked))
+    (tmp_path / "runs" / "synthetic" / "vca-fcls" / "seed1" / "metrics.json").unlink()  # an interrupted run
+
+    rows, _ = run_bench(config, tmp_path)
+    assert [r["fit_time_s"] == 123.0 for r in rows] == [True, False]
+    assert (tmp_path / "runs" / "synthetic" / "vca-fcls" / "seed1" / "metrics.json").is_file()
+
+    other = config.model_copy(update={"params": {"vca-fcls": {"use_projected": False}}})
+    assert all(r["fit_time_s"] != 123.0 for r in run_bench(other, tmp_path)[0])  # other parameters: rerun
+    run_bench(config, tmp_path)
+    seed0.write_text(json.dumps(marked))
+    assert all(r["fit_time_s"] != 123.0 for r in run_bench(config, tmp_path, resume=False)[0])
+
+
 def test_summary_formats_mean_and_std():
     rows = [{"dataset": "d", "method": "m", "status": "ok", "mean_sad_deg": v, "armse": 0.1, "sre_db": 1.0,
              "fit_time_s": 1.0} for v in (1.0, 3.0)]
@@ -95,7 +114,7 @@ def test_bench_config_rejects_unknown_names():
 
 def test_demo_config_file_matches_the_demo():
     assert BenchConfig(**yaml.safe_load((CONFIGS / "demo.yaml").read_text())) == BenchConfig(**DEMO_CONFIG)
-    for name in ("bench.yaml", "bench_baselines.yaml"):
+    for name in ("bench.yaml", "bench_baselines.yaml", "bench_urban.yaml"):
         BenchConfig(**yaml.safe_load((CONFIGS / name).read_text()))
 
 

@@ -12,14 +12,15 @@ import pytest
 import yaml
 
 from hyperunmix.bench import BenchConfig, csv_text
-from hyperunmix.reproduction import ANCHORS, PLACEHOLDER, main, render
+from hyperunmix.reproduction import ANCHORS, INTERPRETATION, main, render
 
 DATASETS = ["samson", "jasper-ridge"]
 METHODS = ["vca-fcls", "nfindr-fcls", "kmeans-fcls", "oracle-fcls"]
 SEEDS = [0, 1, 2]
 FAILED = {("jasper-ridge", "kmeans-fcls", 2)}
 NOT_RUN = {("jasper-ridge", "oracle-fcls", s) for s in SEEDS}
-COLUMNS = {"mean SAD (deg)": ("mean_sad_deg", 2), "aRMSE": ("armse", 3), "fit time (s)": ("fit_time_s", 2)}
+COLUMNS = {"mean SAD (deg)": ("mean_sad_deg", 2), "aRMSE": ("armse", 3),
+           "reconstruction RMSE": ("reconstruction_rmse", 4), "fit time (s)": ("fit_time_s", 2)}
 
 
 def metrics_row(dataset: str, method: str, seed: int) -> dict:
@@ -94,7 +95,7 @@ def test_results_table_matches_results_csv(tmp_path: Path):
     bench = make_bench(tmp_path / "runs" / "bench")
     out = tmp_path / "docs" / "results" / "hyperunmix.md"
     text = render([bench], out)
-    assert out.read_text() == text and PLACEHOLDER in text
+    assert out.read_text() == text and INTERPRETATION in text
     source = source_rows(bench)
     header, rows = tables(text)["Results"]
     assert {(r[0], r[1]) for r in rows} == {(d, m) for d in DATASETS for m in METHODS}
@@ -110,6 +111,22 @@ def test_results_table_matches_results_csv(tmp_path: Path):
     by_cell = {(r[0], r[1]): r for r in rows}
     assert by_cell["jasper-ridge", "kmeans-fcls"][2] == "2 of 3; unfinished (2/3 seeds done; seed 2 failed)"
     assert by_cell["samson", "vca-fcls"][2] == "3 of 3"
+
+
+def test_scene_without_ground_truth_shows_reconstruction_error_only(tmp_path: Path):
+    bench = tmp_path / "bench-urban"
+    rows = []
+    for seed in SEEDS:
+        row = {k: v for k, v in metrics_row("urban-subimage", "vca-fcls", seed).items()
+               if k in ("dataset", "method", "seed", "status", "reconstruction_rmse", "fit_time_s", "wall_time_s")}
+        rows.append(row)
+    config = BenchConfig(datasets=["urban-subimage"], methods=["vca-fcls"], seeds=SEEDS)
+    bench.mkdir()
+    (bench / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    (bench / "results.csv").write_text(csv_text(rows))
+    header, table = tables(render([bench], tmp_path / "page.md"))["Results"]
+    assert header == ["dataset", "method", "n", "reconstruction RMSE", "fit time (s)"]
+    assert table[0][3] == expected_cell(source_rows(bench), "urban-subimage", "vca-fcls", "reconstruction_rmse", 4)
 
 
 def test_anchor_table(tmp_path: Path):

@@ -12,12 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hyperunmix.data import atomic_write
 from hyperunmix.datasets import load_dataset
-from hyperunmix.run import run_method
+from hyperunmix.run import finished_run, run_method
 
 CSV_COLUMNS = ["dataset", "method", "seed", "status", "mean_sad_deg", "mean_sad_rad", "armse", "armse_x100",
                "sre_db", "reconstruction_rmse", "fit_time_s", "wall_time_s", "sad_deg", "armse_per_endmember",
                "matching", "error"]
-SUMMARY_KEYS = ["mean_sad_deg", "armse", "sre_db", "fit_time_s"]
+SUMMARY_KEYS = ["mean_sad_deg", "armse", "sre_db", "reconstruction_rmse", "fit_time_s"]
 
 
 def parse_seeds(text: str | int | list) -> list[int]:
@@ -86,21 +86,25 @@ class BenchConfig(BaseModel):
         return value
 
 
-def run_bench(config: BenchConfig, out_dir: str | Path,
-              on_progress: Callable[[str], None] | None = None) -> tuple[list[dict], list[dict]]:
-    """Run every (dataset, method, seed); a failing run is recorded, not fatal. Returns (rows, summary)."""
+def run_bench(config: BenchConfig, out_dir: str | Path, on_progress: Callable[[str], None] | None = None,
+              resume: bool = True) -> tuple[list[dict], list[dict]]:
+    """Run every (dataset, method, seed); a failing run is recorded, not fatal. With `resume`, a run
+    folder already holding a finished run with the same settings is kept. Returns (rows, summary)."""
     out = Path(out_dir)
     rows: list[dict] = []
     for dataset in config.datasets:
         scene = load_dataset(dataset)
         for method in config.methods:
+            params = config.params.get(method)
             for index, seed in enumerate(config.seeds):
                 if on_progress:
                     on_progress(f"{dataset} / {method} / seed {seed}")
                 figures = config.figures == "all" or (config.figures == "first-seed" and index == 0)
+                run_dir = out / "runs" / dataset / method / f"seed{seed}"
                 try:
-                    metrics = run_method(scene, method, seed, config.params.get(method), out / "runs" / dataset / method
-                                         / f"seed{seed}", figures=figures)
+                    metrics = finished_run(run_dir, scene, method, seed, params) if resume else None
+                    if metrics is None:
+                        metrics = run_method(scene, method, seed, params, run_dir, figures=figures)
                     rows.append({**metrics, "status": "ok"})
                 except Exception as err:  # one broken method must not lose the other results
                     rows.append({"dataset": dataset, "method": method, "seed": seed, "status": "failed",
@@ -137,13 +141,13 @@ def cell(entry: dict, key: str, digits: int) -> str:
 
 
 def markdown_table(summary: list[dict]) -> str:
-    lines = ["| dataset | method | mean SAD (deg) | aRMSE | SRE (dB) | time (s) | runs |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | method | mean SAD (deg) | aRMSE | SRE (dB) | recon. RMSE | time (s) | runs |",
+             "|---|---|---|---|---|---|---|---|"]
     for entry in summary:
         runs = f"{entry['runs']}" + (f" ({entry['failed']} failed)" if entry["failed"] else "")
         lines.append(f"| {entry['dataset']} | {entry['method']} | {cell(entry, 'mean_sad_deg', 2)} | "
                      f"{cell(entry, 'armse', 3)} | {cell(entry, 'sre_db', 2)} | "
-                     f"{cell(entry, 'fit_time_s', 2)} | {runs} |")
+                     f"{cell(entry, 'reconstruction_rmse', 4)} | {cell(entry, 'fit_time_s', 2)} | {runs} |")
     return "\n".join(lines) + "\n"
 
 

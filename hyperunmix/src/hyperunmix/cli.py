@@ -89,6 +89,8 @@ def bench(
     out: Path = typer.Option(Path("runs/bench"), help="output directory"),
     config: Optional[Path] = typer.Option(None, help="YAML with datasets, methods, seeds, params"),
     figures: Optional[str] = typer.Option(None, help="per-run figures: all, first-seed, none"),
+    resume: bool = typer.Option(True, "--resume/--fresh",
+                                help="keep finished runs in OUT made with the same settings (--fresh: rerun all)"),
 ) -> None:
     """Datasets x methods x seeds: results.csv, summary.md (mean ± std), figures."""
     from hyperunmix.bench import BenchConfig, markdown_table, run_bench
@@ -113,7 +115,7 @@ def bench(
             progress.update(task, description=label)
 
         try:
-            rows, summary = run_bench(cfg, out, on_progress=advance)
+            rows, summary = run_bench(cfg, out, on_progress=advance, resume=resume)
         except (ValueError, FileNotFoundError) as err:
             fail(str(err))
         progress.update(task, completed=total, description="done")

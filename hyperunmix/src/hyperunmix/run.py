@@ -57,6 +57,22 @@ def plain(value: Any) -> Any:
     return repr(value)
 
 
+def finished_run(out_dir: str | Path, scene: Scene, method_name: str, seed: int,
+                 params: dict | None = None) -> dict | None:
+    """The metrics of a run already written to `out_dir` for the same scene, method, seed and
+    resolved parameters; None when there is none (or it was made with other settings)."""
+    out_dir = Path(out_dir)
+    if not ((out_dir / "metrics.json").is_file() and (out_dir / "config.yaml").is_file()):
+        return None
+    stored = yaml.safe_load((out_dir / "config.yaml").read_text()) or {}
+    model = make_method(method_name, n_endmembers=scene.p or scene.meta.get("n_endmembers"),
+                        random_state=seed, **method_params(scene, method_name, params))
+    wanted = {"dataset": scene.name, "method": method_name, "seed": seed, "params": plain(model.get_params())}
+    if any(stored.get(key) != value for key, value in wanted.items()):
+        return None
+    return json.loads((out_dir / "metrics.json").read_text())
+
+
 def resolved_config(scene: Scene, method_name: str, seed: int, model, dataset_options: dict | None) -> dict:
     return {
         "dataset": scene.name,
