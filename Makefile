@@ -47,7 +47,7 @@ reproduce: $(STAMP)
 		--methods fedavg,svd,fedsvd,subspace,subspace-server-only,fedavg-penalty --seeds 42,43,44 \
 		--out sweeps/cpu-smollm2-135m
 	$(VENV)/bin/fedlora sweep fedlora/configs/cpu-minilm.yaml --no-progress \
-		--methods fedavg,svd,fedsvd,subspace --seeds 42,43,44 --set rounds=8 --set data.eval_size=100 \
+		--methods fedavg,svd,fedsvd,subspace --seeds 42,43,44 --set rounds=6 --set data.eval_size=100 \
 		--out sweeps/cpu-minilm
 	$(VENV)/bin/hyperunmix bench --config hyperunmix/configs/bench.yaml --out runs/bench
 	$(VENV)/bin/hyperunmix bench --config hyperunmix/configs/bench_urban.yaml --out runs/bench-urban

@@ -15,7 +15,7 @@ from hyperunmix.bench import BenchConfig, markdown_table, parse_seeds, run_bench
 from hyperunmix.cli import app
 from hyperunmix.datasets import load_dataset
 from hyperunmix.demo import DEMO_CONFIG
-from hyperunmix.run import run_method
+from hyperunmix.run import redraw_figures, run_method
 
 runner = CliRunner()
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -33,6 +33,18 @@ def test_run_writes_estimates_metrics_config_and_figures(tmp_path):
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert config["method"] == "vca-fcls" and config["params"]["random_state"] == 0
     assert {"abundances.png", "endmembers.png"} <= {p.name for p in tmp_path.glob("*.png")}
+
+
+def test_figures_redrawn_from_saved_estimates_match_the_fit(tmp_path):
+    scene = load_dataset("synthetic")
+    run_method(scene, "vca-fcls", seed=0, out_dir=tmp_path / "drawn")
+    run_method(scene, "vca-fcls", seed=0, out_dir=tmp_path / "later", figures=False)
+    assert not list((tmp_path / "later").glob("*.png"))
+    redraw_figures(tmp_path / "later")
+    for name in ("abundances.png", "endmembers.png"):
+        assert (tmp_path / "later" / name).read_bytes() == (tmp_path / "drawn" / name).read_bytes()
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        redraw_figures(tmp_path)
 
 
 def test_oracle_run_needs_no_arrays_from_the_user(tmp_path):

@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from hyperunmix.data import atomic_write
+from hyperunmix.run import redraw_figures
 
 INTERPRETATION = ("What these numbers say is written by hand in [README.md](README.md) beside this page; "
                   "rendering never touches it.")
@@ -230,6 +231,8 @@ def _method_figures(bench: dict, dataset: str, method: str, folder: Path, link) 
     run = bench["path"] / "runs" / dataset / method / f"seed{seed}"
     score = (f"mean SAD {float(best['mean_sad_deg']):.2f} deg" if _number(best.get("mean_sad_deg")) is not None
              else f"reconstruction RMSE {float(best['reconstruction_rmse']):.4f}")
+    if not (run / "abundances.png").is_file() and (run / "estimates.mat").is_file():
+        redraw_figures(run)  # the bench drew only the first seed's figures
     found = [run / name for name in RUN_FIGURES if (run / name).is_file()]
     if not found:
         params = bench["grid"].get("params", {}).get(method, {}) or {}

@@ -141,14 +141,16 @@ def write_run(out: Path, scene: Scene, model, metrics: dict, config: dict, figur
     atomic_write(out / "metrics.json", lambda handle: json.dump(plain(metrics), handle, indent=2), mode="w")
     atomic_write(out / "config.yaml", lambda handle: yaml.safe_dump(config, handle, sort_keys=False), mode="w")
     if figures:
-        write_run_figures(out, scene, model, metrics)
+        write_run_figures(out, scene, model.endmembers_, model.abundances_, metrics, getattr(model, "history_", {}))
 
 
-def write_run_figures(out: Path, scene: Scene, model, metrics: dict) -> None:
+def write_run_figures(out: Path, scene: Scene, E_hat: np.ndarray, A_hat: np.ndarray, metrics: dict,
+                      history: dict | None = None) -> None:
+    """abundances.png and endmembers.png (estimates E (L, p), A (p, H, W)); training_curves.png
+    when the fit's `history` is given."""
     from hyperunmix import figures
 
     title = f"{metrics['method']} on {scene.name} (seed {metrics['seed']})"
-    E_hat, A_hat = model.endmembers_, model.abundances_
     if "matching" in metrics:
         perm = metrics["matching"]  # show estimates in the true order
         E_hat, A_hat = E_hat[:, perm], A_hat[perm]
@@ -162,7 +164,23 @@ def write_run_figures(out: Path, scene: Scene, model, metrics: dict) -> None:
         E_true = scene.rescaled_endmembers()  # comparable level with the estimates
     figures.endmember_plot(E_hat, out / "endmembers.png", E_true, scene.material_names, scene.wavelengths,
                            metrics.get("sad_deg"), title)
-    figures.training_curves(getattr(model, "history_", {}), out / "training_curves.png", title)
+    if history is not None:
+        figures.training_curves(history, out / "training_curves.png", title)
+
+
+def redraw_figures(run_dir: str | Path) -> None:
+    """abundances.png and endmembers.png of a finished run, from its estimates.mat (no refit). The
+    training curves need the fit's history, which a run folder does not keep."""
+    from hyperunmix.datasets import load_dataset
+
+    run_dir = Path(run_dir)
+    metrics, config = load_run(run_dir)
+    if not (run_dir / "estimates.mat").is_file():
+        raise FileNotFoundError(f"{run_dir} has no estimates.mat to draw from")
+    scene = load_dataset(config["dataset"], **(config.get("dataset_options") or {}))
+    saved = scipy.io.loadmat(run_dir / "estimates.mat")
+    E_hat, A_hat = saved["E"], saved["A"].reshape(-1, scene.H, scene.W)
+    write_run_figures(run_dir, scene, E_hat, A_hat, metrics)
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, dict]:
