@@ -111,6 +111,19 @@ def test_bench_resume_keeps_finished_runs_made_with_the_same_settings(tmp_path):
     assert all(r["fit_time_s"] != 123.0 for r in run_bench(config, tmp_path, resume=False)[0])
 
 
+def test_bench_bars_show_reconstruction_error_on_a_scene_without_ground_truth(tmp_path, monkeypatch):
+    from hyperunmix import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.append(fig) or path)
+    rows = [{"dataset": "urban-subimage", "method": m, "status": "ok", "reconstruction_rmse": v, "fit_time_s": 1.0}
+            for m, v in (("vca-fcls", 0.03), ("nmf", 0.04))]
+    figures.bench_bars(summarise(rows), tmp_path / "bars.png", "urban-subimage")
+    (ax,) = drawn[0].axes
+    assert ax.get_ylabel() == "reconstruction RMSE"
+    assert [bar.get_height() for bar in ax.patches] == pytest.approx([0.03, 0.04])
+
+
 def test_summary_formats_mean_and_std():
     rows = [{"dataset": "d", "method": "m", "status": "ok", "mean_sad_deg": v, "armse": 0.1, "sre_db": 1.0,
              "fit_time_s": 1.0} for v in (1.0, 3.0)]

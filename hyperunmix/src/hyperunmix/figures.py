@@ -35,7 +35,7 @@ def abundance_grid(A_hat: np.ndarray, path: Path, A_true: np.ndarray | None = No
     for k, label in enumerate(material_labels(p, names)):
         for row, (maps, kind) in enumerate([(A_hat, "estimated"), (A_true, "true")][:rows]):
             image = axes[row, k].imshow(maps[k], vmin=0, vmax=1, cmap="viridis")
-            axes[row, k].set_title(f"{label} ({kind})", fontsize=9)
+            axes[row, k].set_title(label if A_true is None else f"{label} ({kind})", fontsize=9)
             axes[row, k].axis("off")
     fig.colorbar(image, ax=axes, shrink=0.8)
     fig.suptitle(title, y=1.04)
@@ -80,12 +80,18 @@ def training_curves(history: dict[str, list[float]], path: Path, title: str = ""
     return save(fig, path)
 
 
+BENCH_BAR_METRICS = [("mean_sad_deg", "mean SAD (deg)"), ("armse", "aRMSE")]
+NO_GROUND_TRUTH_METRICS = [("reconstruction_rmse", "reconstruction RMSE")]
+
+
 def bench_bars(summary: list[dict], path: Path, dataset: str) -> Path:
-    """Mean SAD and aRMSE (with std error bars) per method on one dataset."""
+    """Mean SAD and aRMSE (with std error bars) per method on one dataset; the reconstruction
+    RMSE on a scene without ground truth."""
     rows = [r for r in summary if r["dataset"] == dataset]
     methods = [r["method"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.9 * len(methods) + 3), 3.2))
-    for ax, key, label in [(axes[0], "mean_sad_deg", "mean SAD (deg)"), (axes[1], "armse", "aRMSE")]:
+    metrics = [m for m in BENCH_BAR_METRICS if any(f"{m[0]}_mean" in r for r in rows)] or NO_GROUND_TRUTH_METRICS
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(6, 0.9 * len(methods) + 3), 3.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], metrics):
         means = [r.get(f"{key}_mean", np.nan) for r in rows]
         stds = [r.get(f"{key}_std", 0.0) for r in rows]
         ax.bar(range(len(methods)), means, yerr=stds, capsize=3, color="tab:blue")

@@ -215,7 +215,7 @@ def figure_lines(bench: dict, page: Path, folder: Path) -> list[str]:
         lines += [f"**{dataset}**", ""]
         if overview.is_file():
             _copy(overview, folder / overview.name)
-            lines += [f"![{dataset}: mean SAD and aRMSE per method]({link(folder / overview.name)})", ""]
+            lines += [f"![{dataset}: mean ± std per method]({link(folder / overview.name)})", ""]
         for method in bench["grid"]["methods"]:
             lines.append(f"- {method}: " + _method_figures(bench, dataset, method, folder, link))
         lines.append("")
