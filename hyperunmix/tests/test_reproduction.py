@@ -201,3 +201,12 @@ def test_cli_and_bad_input(tmp_path: Path, capsys):
     (broken / "results.csv").write_text("dataset,method,seed,status\nsamson,vca-fcls,,ok\n")
     with pytest.raises(ValueError, match=r"results.csv, line 2: missing seed"):
         render([broken], tmp_path / "x.md")
+
+
+def test_machine_lines_list_every_thread_setting_the_runs_recorded(tmp_path: Path):
+    bench = make_bench(tmp_path / "bench")
+    (bench / "runs" / "samson" / "vca-fcls" / "seed0" / "config.yaml").write_text(
+        yaml.safe_dump({"environment": {"threads": {"torch": 2}}}))
+    text = render([bench], tmp_path / "page.md")
+    assert '{"threads": {"torch": 2}} (samson: 1 runs)' in text
+    assert '{"threads": {"torch": 1}} (jasper-ridge: 8 runs, samson: 11 runs)' in text

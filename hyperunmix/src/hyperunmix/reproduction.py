@@ -261,17 +261,24 @@ def provenance_lines(bench: dict) -> list[str]:
     walls = [v for r in bench["rows"] if r.get("status") == "ok" and (v := _number(r.get("wall_time_s"))) is not None]
     fits = [v for r in bench["rows"] if r.get("status") == "ok" and (v := _number(r.get("fit_time_s"))) is not None]
     lines += [f"- CPU count (machine that rendered this page): {os.cpu_count()}; platform {platform.platform()}",
-              f"- threads and versions when the runs ran (a run's config.yaml `environment`): {env}",
+              f"- threads and versions when the runs ran (the runs' config.yaml `environment`): {env}",
               f"- total fit time {sum(fits):.1f} s, total wall time {sum(walls):.1f} s over {len(walls)} runs", ""]
     return lines
 
 
 def _environment(root: Path) -> str:
+    """Each distinct `environment` of the runs' config.yaml, with the datasets and number of runs."""
+    found: dict[str, dict[str, int]] = {}
     for config in sorted(root.glob("runs/*/*/seed*/config.yaml")):
         env = (yaml.safe_load(config.read_text()) or {}).get("environment")
         if env:
-            return json.dumps(env)
-    return "not recorded (no run config.yaml)"
+            datasets = found.setdefault(json.dumps(env), {})
+            dataset = config.parents[2].name
+            datasets[dataset] = datasets.get(dataset, 0) + 1
+    if not found:
+        return "not recorded (no run config.yaml)"
+    return "; ".join(f"{env} ({', '.join(f'{d}: {n} runs' for d, n in datasets.items())})"
+                     for env, datasets in found.items())
 
 
 # -- the page ---------------------------------------------------------------------------------
