@@ -151,6 +151,11 @@ def test_direction_attribution_plots_and_provenance(sweep: Path, tmp_path: Path)
     # The reference has FedAvg above SVD; these runs put SVD higher.
     assert verdicts[("Best acc", "FedAvg vs SVD")][4] == "does not reproduce"
     assert all(r[4] in {"reproduces", "does not reproduce", "tie", "—"} for r in rows)
+    agree = sum(source[("subspace", s)]["best_accuracy"] > source[("fedavg", s)]["best_accuracy"] for s in SEEDS)
+    assert sub_vs_avg[5] == f"{agree} of 3"
+    paired = [s for s in SEEDS if ("svd", s) in source]  # svd seed 44 is unfinished
+    agree = sum(source[("fedsvd", s)]["best_accuracy"] > source[("svd", s)]["best_accuracy"] for s in paired)
+    assert len(paired) == 2 and verdicts[("Best acc", "FedSVD vs SVD")][5] == f"{agree} of 2"
 
     header, rows = tables(text)["Attribution ablation"]
     by_name = {r[0].split(":")[0]: r for r in rows}

@@ -199,12 +199,16 @@ def direction_table(methods: dict[str, list[dict]], model: str) -> list[str]:
             continue
         ours = {m: _mean(methods.get(m, []), key) for m in ref}
         ranked = {m: v for m, v in ours.items() if v is not None}
-        rows.append([name, "ranking", _ranking(ref), _ranking(ranked) if ranked else "n/a", "—"])
+        rows.append([name, "ranking", _ranking(ref), _ranking(ranked) if ranked else "n/a", "—", "—"])
         for a, b in pairs:
             hi, lo = (a, b) if ref[a] >= ref[b] else (b, a)
             claim = f"{label(hi)} > {label(lo)} ({ref[hi]:g} vs {ref[lo]:g})"
-            rows.append([name, f"{label(hi)} vs {label(lo)}", claim, *_our_direction(methods, ours, hi, lo, key)])
-    header = ["Metric", "Comparison", f"Reference ({reference_name(model)})", "This reproduction", "Verdict"]
+            diffs = paired_differences(methods, hi, lo, key)
+            agree = f"{sum(d > 0 for d in diffs)} of {len(diffs)}" if diffs else "—"
+            rows.append([name, f"{label(hi)} vs {label(lo)}", claim, *_our_direction(methods, ours, hi, lo, key),
+                         agree])
+    header = ["Metric", "Comparison", f"Reference ({reference_name(model)})", "This reproduction", "Verdict",
+              "Seeds in the reference's direction"]
     return _table(header, rows)
 
 
@@ -350,8 +354,10 @@ def sweep_section(sweep_dir: Path, page: Path, used: set[str]) -> list[str]:
         lines += ["#### Per run", ""] + per_run_table(methods) + zero_shot_lines(methods)
         lines += ["#### Accuracy and overlap per round", ""] + write_plots(methods, model, plot_dir, page)
         lines += ["#### Direction of each finding vs the reference study", "",
-                  "Orderings of the means over complete seeds; a pair reproduces when our ordering matches "
-                  "the reference's.", ""] + direction_table(methods, model)
+                  "Orderings of the means over complete seeds (of raw values: for the loss, higher is worse); "
+                  "a pair reproduces when our ordering matches the reference's. The last column counts the "
+                  "seeds, complete in both methods, whose own ordering matches it.", ""]
+        lines += direction_table(methods, model)
         lines += ["#### Attribution ablation", ""] + attribution_table(methods)
     lines += ["### Commands and configuration", ""] + provenance(runs, sweep_dir)
     lines += ["### Machine", ""] + machine_lines(runs)
