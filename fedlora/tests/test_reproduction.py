@@ -137,6 +137,17 @@ def test_per_run_table_and_unfinished_marks(sweep: Path, tmp_path: Path):
     assert f"{np.mean(zero):.3f} ± {np.std(zero):.3f}" in text
 
 
+def test_geometry_table_is_the_last_round_of_metrics(sweep: Path, tmp_path: Path):
+    header, rows = tables(render([sweep], tmp_path / "page.md"))["Geometry of the last round"]
+    by_method = {r[0]: r for r in rows}
+    finals = [json.loads((sweep / "tiny-encoder" / "subspace" / f"seed{s}" / "metrics.jsonl").read_text()
+                         .splitlines()[-1])["geometry"]["cancellation_ratio_delta"] for s in SEEDS]
+    column = header.index("Cancellation ratio (round updates)")
+    assert by_method["Subspace-Reg"][column] == f"{np.mean(finals):.4f} ± {np.std(finals):.4f}"
+    assert by_method["Subspace-Reg"][1] == "3 of 3" and by_method["SVD"][1] == "2 of 3"
+    assert by_method["Subspace-Reg"][header.index("Mean principal angle (deg)")] == "n/a"  # not in this fixture
+
+
 def test_direction_attribution_plots_and_provenance(sweep: Path, tmp_path: Path):
     out = tmp_path / "docs" / "results" / "fedlora.md"
     text = render([sweep], out)

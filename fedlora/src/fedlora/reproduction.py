@@ -173,6 +173,32 @@ def zero_shot_lines(methods: dict[str, list[dict]]) -> list[str]:
             f"{_cell(values, 0, 3)} (mean ± population std, ddof=0).", ""]
 
 
+# Geometry of the last round's client adapters (metrics.jsonl `geometry`): why the methods differ.
+GEOMETRY_COLUMNS = [("Mean principal angle (deg)", "principal_angle_mean_deg", 2),
+                    ("Max principal angle (deg)", "principal_angle_max_deg", 2),
+                    ("Cancellation ratio (adapters)", "cancellation_ratio", 4),
+                    ("Cancellation ratio (round updates)", "cancellation_ratio_delta", 4),
+                    ("Pairwise client cosine (round updates)", "pairwise_client_cosine_delta", 4)]
+
+
+def last_geometry(run: dict) -> dict:
+    rounds = [m for m in run["metrics"] if m["round"] > 0 and m.get("geometry")]
+    return rounds[-1]["geometry"] if rounds else {}
+
+
+def geometry_table(methods: dict[str, list[dict]]) -> list[str]:
+    rows = []
+    for method, runs in methods.items():
+        done = [r for r in runs if r["summary"] is not None]
+        cells = [_cell([v for r in done if (v := _num(last_geometry(r).get(key))) is not None], 0, digits)
+                 for _, key, digits in GEOMETRY_COLUMNS]
+        rows.append([label(method), f"{len(done)} of {len(runs)}", *cells])
+    lines = ["Client subspaces in the final round, mean ± population std (ddof=0) over complete seeds. "
+             "Cancellation ratio = ||Σ p_k ΔW_k|| / Σ p_k ||ΔW_k|| (1: the clients' updates add up, "
+             "lower: they cancel).", ""]
+    return lines + _table(["Method", "n", *(c[0] for c in GEOMETRY_COLUMNS)], rows)
+
+
 # -- direction of findings vs the reference ---------------------------------------------------
 def reference_name(model: str) -> str:
     return "SmolLM-360M" if "smollm" in model.lower() else "RoBERTa-large"
@@ -352,6 +378,7 @@ def sweep_section(sweep_dir: Path, page: Path, used: set[str]) -> list[str]:
         lines += results_table(methods, ddof=0)
         lines += ["#### Results (mean ± sample std, ddof=1)", ""] + results_table(methods, ddof=1)
         lines += ["#### Per run", ""] + per_run_table(methods) + zero_shot_lines(methods)
+        lines += ["#### Geometry of the last round", ""] + geometry_table(methods)
         lines += ["#### Accuracy and overlap per round", ""] + write_plots(methods, model, plot_dir, page)
         lines += ["#### Direction of each finding vs the reference study", "",
                   "Orderings of the means over complete seeds (of raw values: for the loss, higher is worse); "
