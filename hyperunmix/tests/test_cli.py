@@ -110,6 +110,10 @@ def test_bench_resume_keeps_finished_runs_made_with_the_same_settings(tmp_path):
     seed0.write_text(json.dumps(marked))
     assert all(r["fit_time_s"] != 123.0 for r in run_bench(config, tmp_path, resume=False)[0])
 
+    seed0.write_text(json.dumps(marked))
+    rows, _ = run_bench(config.model_copy(update={"figures": "all"}), tmp_path)  # kept, and its figures drawn
+    assert rows[0]["fit_time_s"] == 123.0 and (seed0.parent / "abundances.png").is_file()
+
 
 def test_bench_bars_show_reconstruction_error_on_a_scene_without_ground_truth(tmp_path, monkeypatch):
     from hyperunmix import figures

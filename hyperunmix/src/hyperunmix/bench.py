@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hyperunmix.data import atomic_write
 from hyperunmix.datasets import load_dataset
-from hyperunmix.run import finished_run, run_method
+from hyperunmix.run import finished_run, redraw_figures, run_method
 
 CSV_COLUMNS = ["dataset", "method", "seed", "status", "mean_sad_deg", "mean_sad_rad", "armse", "armse_x100",
                "sre_db", "reconstruction_rmse", "fit_time_s", "wall_time_s", "sad_deg", "armse_per_endmember",
@@ -105,6 +105,8 @@ def run_bench(config: BenchConfig, out_dir: str | Path, on_progress: Callable[[s
                     metrics = finished_run(run_dir, scene, method, seed, params) if resume else None
                     if metrics is None:
                         metrics = run_method(scene, method, seed, params, run_dir, figures=figures)
+                    elif figures and not (run_dir / "abundances.png").is_file():
+                        redraw_figures(run_dir)
                     rows.append({**metrics, "status": "ok"})
                 except Exception as err:  # one broken method must not lose the other results
                     rows.append({"dataset": dataset, "method": method, "seed": seed, "status": "failed",
