@@ -42,12 +42,14 @@ bench: $(STAMP)
 # The long runs behind docs/results/ (about 2 hours on 2 CPU cores). Every step is resumable: run
 # it again after an interruption and finished runs are kept. In the background:
 #   nohup make reproduce > reproduce.log 2>&1 &
+# The MiniLM sweep runs on 1 thread, as for docs/results/ (beside the SmolLM2 sweep): the thread
+# count changes the last digits of a run.
 reproduce: $(STAMP)
 	$(VENV)/bin/fedlora sweep fedlora/configs/cpu-smollm2-135m.yaml --no-progress \
 		--methods fedavg,svd,fedsvd,subspace,subspace-server-only,fedavg-penalty --seeds 42,43,44 \
 		--out sweeps/cpu-smollm2-135m
 	$(VENV)/bin/fedlora sweep fedlora/configs/cpu-minilm.yaml --no-progress \
-		--methods fedavg,svd,fedsvd,subspace --seeds 42,43,44 --set rounds=6 --set data.eval_size=100 \
+		--methods fedavg,svd,fedsvd,subspace --seeds 42,43,44 --set rounds=6 --set data.eval_size=100 --set threads=1 \
 		--out sweeps/cpu-minilm
 	$(VENV)/bin/hyperunmix bench --config hyperunmix/configs/bench.yaml --out runs/bench
 	$(VENV)/bin/hyperunmix bench --config hyperunmix/configs/bench_urban.yaml --out runs/bench-urban
