@@ -178,7 +178,7 @@ def test_direction_attribution_plots_and_provenance(sweep: Path, tmp_path: Path)
     assert all("unfinished (round" in c for c in penalty[1:]), penalty
 
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
-    assert len(links) == 4 and all((out.parent / link).is_file() for link in links)
+    assert len(links) == 5 and all((out.parent / link).is_file() for link in links)
     assert all(link.startswith("fedlora/tiny/") for link in links)
     assert INTERPRETATION in text
     assert f"fedlora sweep {sweep}/tiny-encoder/fedavg/seed42/config.yaml --methods " in text

@@ -72,7 +72,8 @@ ATTRIBUTION_METRICS = [("Best acc", "best_accuracy", 3), ("Final acc", "final_ac
                        ("Final loss", "final_loss", 4), ("Basis overlap (paper)", "basis_overlap", 4),
                        ("Basis overlap (code)", "basis_overlap_code", 5)]
 PLOT_KEYS = [("accuracy", "accuracy per round"), ("basis_overlap", "basis overlap (paper) per round"),
-             ("basis_overlap_code", "basis overlap (code) per round"), ("loss", "eval loss per round")]
+             ("basis_overlap_code", "basis overlap (code) per round"), ("loss", "eval loss per round"),
+             ("cancellation_ratio_delta", "cancellation ratio of the round's updates per round")]
 
 
 # -- collecting -------------------------------------------------------------------------------
