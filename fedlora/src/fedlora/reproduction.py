@@ -246,7 +246,7 @@ def _our_direction(methods: dict[str, list[dict]], ours: dict, hi: str, lo: str,
                                           or "not run") for m in missing)
         return [why, "unfinished"]
     digits = next((d for _, k, d in TABLE_COLUMNS if k == key), 4)
-    a, b = ours[hi], ours[lo]
+    a, b = round(ours[hi], digits), round(ours[lo], digits)  # equal at the table's precision: a tie
     sign = ">" if a > b else "<" if a < b else "="
     text = f"{label(hi)} {sign} {label(lo)} ({a:.{digits}f} vs {b:.{digits}f})"
     return [text, "reproduces" if a > b else "does not reproduce" if a < b else "tie"]
@@ -383,8 +383,8 @@ def sweep_section(sweep_dir: Path, page: Path, used: set[str]) -> list[str]:
         lines += ["#### Accuracy and overlap per round", ""] + write_plots(methods, model, plot_dir, page)
         lines += ["#### Direction of each finding vs the reference study", "",
                   "Orderings of the means over complete seeds (of raw values: for the loss, higher is worse); "
-                  "a pair reproduces when our ordering matches the reference's. The last column counts the "
-                  "seeds, complete in both methods, whose own ordering matches it.", ""]
+                  "a pair reproduces when our ordering, at the precision shown, matches the reference's. The "
+                  "last column counts the seeds, complete in both methods, whose own ordering matches it.", ""]
         lines += direction_table(methods, model)
         lines += ["#### Attribution ablation", ""] + attribution_table(methods)
     lines += ["### Commands and configuration", ""] + provenance(runs, sweep_dir)
