@@ -197,3 +197,12 @@ def test_cli_and_bad_input(sweep: Path, tmp_path: Path, capsys):
         render([empty], tmp_path / "x.md")
     with pytest.raises(SystemExit):
         main(["--sweeps", str(tmp_path / "missing"), "--out", str(out)])
+
+
+def test_orderings_equal_at_the_precision_shown_are_ties():
+    from fedlora.reproduction import _our_direction
+
+    text, verdict = _our_direction({}, {"subspace": 0.33341, "fedavg": 0.33329}, "subspace", "fedavg", "best_accuracy")
+    assert verdict == "tie" and text == "Subspace-Reg = FedAvg (0.333 vs 0.333)"
+    assert _our_direction({}, {"subspace": 0.3336, "fedavg": 0.3331}, "subspace", "fedavg", "best_accuracy")[1] \
+        == "reproduces"
