@@ -65,8 +65,7 @@ def finished_run(out_dir: str | Path, scene: Scene, method_name: str, seed: int,
     if not ((out_dir / "metrics.json").is_file() and (out_dir / "config.yaml").is_file()):
         return None
     stored = yaml.safe_load((out_dir / "config.yaml").read_text()) or {}
-    model = make_method(method_name, n_endmembers=scene.p or scene.meta.get("n_endmembers"),
-                        random_state=seed, **method_params(scene, method_name, params))
+    model = build_method(scene, method_name, seed, params)
     wanted = {"dataset": scene.name, "method": method_name, "seed": seed, "params": plain(model.get_params())}
     if any(stored.get(key) != value for key, value in wanted.items()):
         return None
@@ -101,6 +100,14 @@ def threads_in_use() -> dict:
     return out
 
 
+def build_method(scene: Scene, method_name: str, seed: int, params: dict | None = None):
+    """The unfitted estimator `run_method` fits on `scene`."""
+    p = scene.p or scene.meta.get("n_endmembers")
+    if p is None:
+        raise ValueError(f"scene {scene.name!r} has no ground truth: give the number of endmembers")
+    return make_method(method_name, n_endmembers=p, random_state=seed, **method_params(scene, method_name, params))
+
+
 def run_method(
     scene: Scene,
     method_name: str,
@@ -112,10 +119,8 @@ def run_method(
 ) -> dict:
     """Fit `method_name` on `scene`, score it against the ground truth when there is one, and
     (with `out_dir`) write estimates.mat, metrics.json, config.yaml and figures. Returns the metrics."""
-    p = scene.p or scene.meta.get("n_endmembers")
-    if p is None:
-        raise ValueError(f"scene {scene.name!r} has no ground truth: give the number of endmembers")
-    model = make_method(method_name, n_endmembers=p, random_state=seed, **method_params(scene, method_name, params))
+    model = build_method(scene, method_name, seed, params)
+    p = model.n_endmembers
     start = time.perf_counter()
     model.fit(scene.cube)
     wall = time.perf_counter() - start
