@@ -15,6 +15,8 @@ def test_matches_scipy_nnls_on_augmented_system(p, seed):
     # Mixtures plus points outside the simplex, so many pixels have active constraints.
     Y = E @ rng.dirichlet(np.ones(p), 200).T + rng.normal(0, 0.3, (25, 200))
     A = fcls(Y, E)
+    # 1e-6: the reference enforces sum-to-one by a penalty row of weight 1e5, exact only to
+    # about 1/delta and NNLS's own stopping tolerance; ours is exact to rounding.
     np.testing.assert_allclose(A, fcls_per_pixel(Y, E), atol=1e-6)
     assert A.min() >= 0.0
     np.testing.assert_allclose(A.sum(axis=0), 1.0, atol=1e-12)
@@ -25,7 +27,22 @@ def test_recovers_exact_abundances_of_noiseless_mixtures():
     rng = np.random.default_rng(3)
     E = rng.uniform(0, 1, (40, 5))
     A_true = rng.dirichlet(np.full(5, 0.5), 500).T
+    # 1e-9: rounding of the face solves (~1e-14) times the Gram matrix's condition number.
     np.testing.assert_allclose(fcls(E @ A_true, E), A_true, atol=1e-9)
+
+
+def test_tiny_true_abundances_are_kept_whatever_the_blas_kernel():
+    # Abundances of 1e-6..1e-10 make the full face and the face without that endmember tie to
+    # rounding (their objectives differ by ~a^2); a solver that lets rounding choose zeroes
+    # about a third of them, on every OpenBLAS kernel tried. The larger face must win.
+    rng = np.random.default_rng(0)
+    E = rng.uniform(0, 1, (50, 4))
+    tiny = np.logspace(-6, -10, 200)
+    A_true = np.vstack([rng.dirichlet(np.ones(3), 200).T * (1 - tiny), tiny])
+    A = fcls(E @ A_true, E)
+    assert np.all(A[3] > 0)
+    # 1e-12: the face solve's rounding error on a well-conditioned 4-endmember system.
+    np.testing.assert_allclose(A, A_true, atol=1e-12)
 
 
 def test_optimality_no_feasible_point_does_better():
@@ -36,6 +53,7 @@ def test_optimality_no_feasible_point_does_better():
     best = np.sum((Y - E @ A) ** 2, axis=0)
     for _ in range(200):
         other = rng.dirichlet(np.ones(4), 50).T
+        # 1e-12: rounding of the squared residuals, which are O(1) here.
         assert np.all(np.sum((Y - E @ other) ** 2, axis=0) >= best - 1e-12)
 
 

@@ -55,9 +55,17 @@ def fcls(Y: np.ndarray, E: np.ndarray, chunk_size: int = 65536, tol: float = 1e-
     return out
 
 
+# Two faces whose objectives differ by less than this share of the objective's terms are tied:
+# the rounding error of E.T @ Y and of the face solves is about L * eps ~ 1e-14 of those terms,
+# and which BLAS kernel runs decides the last bits. 1e-10 leaves four orders of margin above
+# rounding and is still far below any difference that means a better fit.
+TIE_RTOL = 1e-10
+
+
 def solve_chunk(G: np.ndarray, B: np.ndarray, faces: list[tuple[int, ...]], tol: float) -> np.ndarray:
     p, n = B.shape
     best = np.full(n, np.inf)
+    best_size = np.zeros(n, dtype=int)
     A = np.zeros((p, n))
     for face in faces:
         a = face_solution(G, B, face)
@@ -67,10 +75,18 @@ def solve_chunk(G: np.ndarray, B: np.ndarray, faces: list[tuple[int, ...]], tol:
         a = np.clip(a, 0.0, None)
         Gs = G[np.ix_(face, face)]
         # Objective without the constant ||y||^2 / 2.
-        objective = 0.5 * np.einsum("in,in->n", a, Gs @ a) - np.einsum("in,in->n", B[list(face)], a)
-        better = feasible & (objective < best)
+        quadratic = 0.5 * np.einsum("in,in->n", a, Gs @ a)
+        linear = np.einsum("in,in->n", B[list(face)], a)
+        objective = quadratic - linear
+        tie = TIE_RTOL * (np.abs(quadratic) + np.abs(linear))
+        # At a tie the larger face wins. A feasible face is the least-squares optimum over its
+        # own affine hull, so it is never worse than any face it contains: a tie between nested
+        # faces means the smaller one merely drops coordinates that are tiny (a true abundance
+        # of 1e-8, say). Letting rounding decide would flip such pixels from kernel to kernel.
+        better = feasible & ((objective < best - tie) | ((objective <= best + tie) & (len(face) > best_size)))
         if better.any():
             best[better] = objective[better]
+            best_size[better] = len(face)
             A[:, better] = 0.0
             A[np.array(face)[:, None], np.flatnonzero(better)[None, :]] = a[:, better]
     return A / A.sum(axis=0, keepdims=True)
