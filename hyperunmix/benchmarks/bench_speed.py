@@ -26,9 +26,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from hyperunmix import METHODS, make_method  # noqa: E402
-from hyperunmix.data import atomic_write  # noqa: E402
 from hyperunmix.datasets import load_dataset  # noqa: E402
 from hyperunmix.fcls import fcls, fcls_per_pixel  # noqa: E402
+from hyperunmix.files import atomic_write  # noqa: E402
 from hyperunmix.run import method_params  # noqa: E402
 
 

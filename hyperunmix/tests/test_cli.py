@@ -177,5 +177,128 @@ def test_cli_run_show_bench_datasets(tmp_path):
 def test_cli_errors_name_the_problem(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, args, env={"COLUMNS": "200"})
-    assert result.exit_code != 0
+    assert result.exit_code == 2
     assert message in result.output
+
+
+# ----------------------------------------------------------------------------- overwrites, bad input, resume
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), env={"COLUMNS": "80"})  # narrow: a wrapped message would show
+
+
+def single_error_line(result, message: str) -> None:
+    """Exit code 2, one line `error: ...` holding `message`, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Count VCA fits."""
+    from hyperunmix.methods.vca import VCAFCLS
+
+    calls = []
+    original = VCAFCLS._fit
+    monkeypatch.setattr(VCAFCLS, "_fit", lambda self, *a: calls.append(1) or original(self, *a))
+    return calls
+
+
+def test_run_refuses_to_replace_a_finished_run_before_fitting(tmp_path, fits):
+    out = str(tmp_path / "run")
+    assert invoke("run", "--dataset", "synthetic", "--method", "vca-fcls", "--out", out, "--no-figures").exit_code == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    result = invoke("run", "--dataset", "synthetic", "--method", "vca-fcls", "--seed", "1", "--out", out)
+    single_error_line(result, "already holds a run (metrics.json, config.yaml); pass --overwrite")
+    assert len(fits) == 1 and {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    result = invoke("run", "--dataset", "synthetic", "--method", "vca-fcls", "--seed", "1", "--out", out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["seed"] == 1
+
+
+def test_overwrite_removes_figures_of_the_replaced_run(tmp_path):
+    scene = load_dataset("synthetic")
+    run_method(scene, "vca-fcls", 0, out_dir=tmp_path)
+    (tmp_path / "training_curves.png").write_bytes(b"from another method")
+    run_method(scene, "vca-fcls", 1, out_dir=tmp_path, figures=False, overwrite=True)
+    assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("where, message", [("notes.txt", "notes.txt is a file, not a folder"),
+                                            ("notes.txt/run", "lies under")])
+def test_out_that_is_a_file_refused_before_fitting(tmp_path, fits, where, message):
+    (tmp_path / "notes.txt").write_text("keep me")
+    result = invoke("run", "--dataset", "synthetic", "--method", "vca-fcls", "--out", str(tmp_path / where))
+    single_error_line(result, message)
+    assert not fits and (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_show_on_a_cut_short_metrics_file(tmp_path):
+    run_method(load_dataset("synthetic"), "vca-fcls", 0, out_dir=tmp_path, figures=False)
+    text = (tmp_path / "metrics.json").read_text()
+    (tmp_path / "metrics.json").write_text(text[: len(text) // 2])
+    single_error_line(invoke("show", str(tmp_path)), "metrics.json cannot be read")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "epochs=[1,"], "--set 'epochs=[1,': cannot parse the value"),
+    (["--method", "autoencoder", "--set", "epochs=-2"], "The 'epochs' parameter of Autoencoder must be an int"),
+    (["--set", "use_projected=maybe"], "The 'use_projected' parameter of VCAFCLS must be an instance of 'bool'"),
+    (["--set", "n_endmembers=3.5"], "n_endmembers cannot be set as a method parameter"),
+    (["--seed", "x"], "Invalid value for '--seed'"),
+])
+def test_bad_values_refused_with_exit_code_2_and_nothing_written(tmp_path, fits, args, message):
+    out = tmp_path / "run"
+    result = invoke("run", "--dataset", "synthetic", "--method", "vca-fcls", "--out", str(out), *args)
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert not fits and not out.exists()
+
+
+def test_malformed_yaml_config(tmp_path):
+    (tmp_path / "run.yaml").write_text("dataset: [synthetic\nmethod: vca-fcls\n")
+    single_error_line(invoke("run", "--config", str(tmp_path / "run.yaml")), "run.yaml is not valid YAML")
+    (tmp_path / "bench.yaml").write_text("seeds: 0-1\nmethods: {vca-fcls\n")
+    single_error_line(invoke("bench", "--config", str(tmp_path / "bench.yaml"), "--out", str(tmp_path / "b")),
+                      "bench.yaml is not valid YAML")
+
+
+def test_tracebacks_never_show_local_variables():
+    assert app.pretty_exceptions_show_locals is False
+
+
+def write_subimage(folder: Path, seed: int) -> None:
+    """A small scene without ground truth where the registry expects the Urban sub-image."""
+    rng = np.random.default_rng(seed)
+    cube = np.einsum("hwp,lp->hwl", rng.dirichlet(np.ones(4), size=(9, 13)), rng.uniform(0.1, 0.9, (20, 4)))
+    (folder / "hsi").mkdir(exist_ok=True)
+    scipy.io.savemat(folder / "hsi" / "urban_subimage_R162_noGT.mat", {"im": cube})
+
+
+def test_bench_resume_refits_when_the_scene_file_changed(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERUNMIX_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "data").mkdir()
+    write_subimage(tmp_path / "data", seed=0)
+    config = BenchConfig(datasets=["urban-subimage"], methods=["vca-fcls"], seeds=[0], figures="none")
+    run_bench(config, tmp_path / "bench")
+    run_dir = tmp_path / "bench" / "runs" / "urban-subimage" / "vca-fcls" / "seed0"
+    stored = yaml.safe_load((run_dir / "config.yaml").read_text())["scene"]["fingerprint"]
+    assert stored["shape"] == [9, 13, 20] and len(stored["sha256"]) == 64
+    marked = {**json.loads((run_dir / "metrics.json").read_text()), "fit_time_s": 123.0}
+    (run_dir / "metrics.json").write_text(json.dumps(marked))
+    assert run_bench(config, tmp_path / "bench")[0][0]["fit_time_s"] == 123.0  # same file: kept
+    write_subimage(tmp_path / "data", seed=1)  # same shape, other values
+    rows, _ = run_bench(config, tmp_path / "bench")
+    assert rows[0]["fit_time_s"] != 123.0
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["scene"]["fingerprint"] != stored
+
+
+def test_errors_log_describes_only_the_latest_attempt(tmp_path):
+    failing = BenchConfig(datasets=["synthetic"], methods=["vca-fcls"], seeds=[0], figures="none",
+                          params={"vca-fcls": {"use_projected": "maybe"}})
+    run_bench(failing, tmp_path)
+    assert "use_projected" in (tmp_path / "errors.log").read_text()
+    rows, _ = run_bench(failing.model_copy(update={"params": {}}), tmp_path)
+    assert rows[0]["status"] == "ok" and not (tmp_path / "errors.log").exists()

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperunmix.data import atomic_write
 from hyperunmix.datasets import load_dataset
+from hyperunmix.files import atomic_write
 from hyperunmix.methods import make_method
 from hyperunmix.metrics import score
 

@@ -10,8 +10,9 @@ from typing import Any, Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hyperunmix.data import atomic_write
 from hyperunmix.datasets import load_dataset
+from hyperunmix.files import atomic_write
+from hyperunmix.locks import folder_lock
 from hyperunmix.run import finished_run, redraw_figures, run_method
 
 CSV_COLUMNS = ["dataset", "method", "seed", "status", "mean_sad_deg", "mean_sad_rad", "armse", "armse_x100",
@@ -89,9 +90,19 @@ class BenchConfig(BaseModel):
 def run_bench(config: BenchConfig, out_dir: str | Path, on_progress: Callable[[str], None] | None = None,
               resume: bool = True) -> tuple[list[dict], list[dict]]:
     """Run every (dataset, method, seed); a failing run is recorded, not fatal. With `resume`, a run
-    folder already holding a finished run with the same settings is kept. Returns (rows, summary)."""
-    out = Path(out_dir)
-    rows: list[dict] = []
+    folder already holding a finished run with the same settings and the same scene is kept. The
+    folder is locked while the benchmark runs; errors.log lists this attempt's failures only.
+    Returns (rows, summary)."""
+    with folder_lock(out_dir) as out:
+        (out / "errors.log").unlink(missing_ok=True)
+        rows = [run_one(*job, out, resume) for job in jobs(config, on_progress)]
+        summary = summarise(rows)
+        write_outputs(out, rows, summary, config)
+    return rows, summary
+
+
+def jobs(config: BenchConfig, on_progress: Callable[[str], None] | None):
+    """(scene, method, seed, params, figures) for every run, each scene loaded once."""
     for dataset in config.datasets:
         scene = load_dataset(dataset)
         for method in config.methods:
@@ -100,23 +111,25 @@ def run_bench(config: BenchConfig, out_dir: str | Path, on_progress: Callable[[s
                 if on_progress:
                     on_progress(f"{dataset} / {method} / seed {seed}")
                 figures = config.figures == "all" or (config.figures == "first-seed" and index == 0)
-                run_dir = out / "runs" / dataset / method / f"seed{seed}"
-                try:
-                    metrics = finished_run(run_dir, scene, method, seed, params) if resume else None
-                    if metrics is None:
-                        metrics = run_method(scene, method, seed, params, run_dir, figures=figures)
-                    elif figures and not (run_dir / "abundances.png").is_file():
-                        redraw_figures(run_dir)
-                    rows.append({**metrics, "status": "ok"})
-                except Exception as err:  # one broken method must not lose the other results
-                    rows.append({"dataset": dataset, "method": method, "seed": seed, "status": "failed",
-                                 "error": f"{type(err).__name__}: {err}"})
-                    (out / "errors.log").parent.mkdir(parents=True, exist_ok=True)
-                    with open(out / "errors.log", "a") as log:
-                        log.write(f"== {dataset} / {method} / seed {seed}\n{traceback.format_exc()}\n")
-    summary = summarise(rows)
-    write_outputs(out, rows, summary, config)
-    return rows, summary
+                yield scene, method, seed, params, figures
+
+
+def run_one(scene, method: str, seed: int, params: dict | None, figures: bool, out: Path, resume: bool) -> dict:
+    """One run's row of results.csv; a failure is logged to errors.log (appended as it happens, so
+    an interrupted benchmark keeps the log of what failed so far)."""
+    run_dir = out / "runs" / scene.name / method / f"seed{seed}"
+    try:
+        metrics = finished_run(run_dir, scene, method, seed, params) if resume else None
+        if metrics is None:
+            metrics = run_method(scene, method, seed, params, run_dir, figures=figures, overwrite=True)
+        elif figures and not (run_dir / "abundances.png").is_file():
+            redraw_figures(run_dir)
+        return {**metrics, "status": "ok"}
+    except Exception as err:  # one broken method must not lose the other results
+        with open(out / "errors.log", "a") as log:
+            log.write(f"== {scene.name} / {method} / seed {seed}\n{traceback.format_exc()}\n")
+        return {"dataset": scene.name, "method": method, "seed": seed, "status": "failed",
+                "error": f"{type(err).__name__}: {err}"}
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -1,8 +1,15 @@
-"""Command line: `hyperunmix run | bench | datasets | show`."""
+"""Command line: `hyperunmix run | bench | datasets | show`.
+
+Expected user errors (bad input files, parameters, configs, output folders) end the command with
+one line `error: ...` on stderr and exit code 2, like typer's own usage errors; anything else is a
+bug and shows its traceback (without local variables, which can hold whole scenes).
+"""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 import yaml
@@ -11,9 +18,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Hyperspectral unmixing: GAUSS and the classic baselines.")
 console = Console()
+USAGE_EXIT_CODE = 2  # what typer (click) returns for a usage error
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -22,19 +34,25 @@ def parse_sets(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise typer.BadParameter(f"--set expects key=value, got {pair!r}")
-        params[key.strip()] = yaml.safe_load(value)
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        try:
+            params[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {pair!r}: cannot parse the value ({one_line(err)})") from None
     return params
 
 
 def read_config(path: Path | None) -> dict:
     if path is None:
         return {}
-    if not path.exists():
-        raise typer.BadParameter(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML ({one_line(err)})") from None
     if not isinstance(data, dict):
-        raise typer.BadParameter(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+        raise ValueError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
     return data
 
 
@@ -42,9 +60,27 @@ def split_list(text: str | None) -> list[str] | None:
     return None if text is None else [item.strip() for item in text.split(",") if item.strip()]
 
 
-def fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code=1)
+def describe(err: Exception) -> str:
+    if isinstance(err, ValidationError):  # pydantic: one clause per bad field
+        return "bad config: " + "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']} (got {e['input']!r})" for e in err.errors())
+    return str(err)
+
+
+def fail(message: str) -> NoReturn:
+    # Plain stderr, not rich: rich would wrap long lines and read "[...]" in messages as markup.
+    typer.echo(f"error: {one_line(message)}", err=True)
+    raise typer.Exit(code=USAGE_EXIT_CODE)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix (ValueError covers SceneError, parameter and config errors;
+    OSError covers files and folders; TypeError an unknown method parameter) into `fail`."""
+    try:
+        yield
+    except (ValueError, TypeError, OSError) as err:
+        fail(describe(err))
 
 
 @app.command()
@@ -56,27 +92,23 @@ def run(
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/DATASET-METHOD-seedN)"),
     config: Optional[Path] = typer.Option(None, help="YAML with dataset, method, seed, params"),
     figures: bool = typer.Option(True, help="write figures"),
+    overwrite: bool = typer.Option(False, help="replace a run already in the output folder"),
 ) -> None:
     """Fit one method on one dataset; write estimates.mat, metrics.json, config.yaml, figures."""
     from hyperunmix.datasets import load_dataset
     from hyperunmix.run import RunConfig, run_method
 
-    values = read_config(config)
-    overrides = {"dataset": dataset, "method": method, "seed": seed}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    values["params"] = {**values.get("params", {}), **parse_sets(set_)}
-    try:
+    with user_errors():
+        values = read_config(config)
+        overrides = {"dataset": dataset, "method": method, "seed": seed}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["params"] = {**(values.get("params") or {}), **parse_sets(set_)}
         cfg = RunConfig(**values)
-    except ValidationError as err:
-        fail(f"bad run config: {err}")
-    out = out or Path("runs") / f"{cfg.dataset}-{cfg.method}-seed{cfg.seed}"
-    try:
+        out = out or Path("runs") / f"{cfg.dataset}-{cfg.method}-seed{cfg.seed}"
         scene = load_dataset(cfg.dataset, **cfg.dataset_options)
         with console.status(f"fitting {cfg.method} on {cfg.dataset} (seed {cfg.seed})"):
             metrics = run_method(scene, cfg.method, cfg.seed, cfg.params, out, figures=figures,
-                                 dataset_options=cfg.dataset_options)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        fail(str(err))
+                                 dataset_options=cfg.dataset_options, overwrite=overwrite)
     print_metrics(metrics)
     console.print(f"written to [bold]{out}[/bold]")
 
@@ -95,30 +127,27 @@ def bench(
     """Datasets x methods x seeds: results.csv, summary.md (mean ± std), figures."""
     from hyperunmix.bench import BenchConfig, markdown_table, run_bench
 
-    values = read_config(config)
-    overrides = {"datasets": split_list(datasets), "methods": split_list(methods), "seeds": seeds, "figures": figures}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
+    with user_errors():
+        values = read_config(config)
+        overrides = {"datasets": split_list(datasets), "methods": split_list(methods), "seeds": seeds,
+                     "figures": figures}
+        values.update({k: v for k, v in overrides.items() if v is not None})
         cfg = BenchConfig(**values)
-    except (ValidationError, ValueError) as err:
-        fail(f"bad bench config: {err}")
-    total = len(cfg.datasets) * len(cfg.methods) * len(cfg.seeds)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("benchmark", total=total)
-        started = [False]
+        total = len(cfg.datasets) * len(cfg.methods) * len(cfg.seeds)
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        # The progress display closes before an error reaches user_errors, so the message stands alone.
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("benchmark", total=total)
+            started = [False]
 
-        def advance(label: str) -> None:
-            if started[0]:
-                progress.advance(task)
-            started[0] = True
-            progress.update(task, description=label)
+            def advance(label: str) -> None:
+                if started[0]:
+                    progress.advance(task)
+                started[0] = True
+                progress.update(task, description=label)
 
-        try:
             rows, summary = run_bench(cfg, out, on_progress=advance, resume=resume)
-        except (ValueError, FileNotFoundError) as err:
-            fail(str(err))
-        progress.update(task, completed=total, description="done")
+            progress.update(task, completed=total, description="done")
     print(markdown_table(summary))  # plain print: rich would wrap the table's long lines
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
@@ -148,10 +177,8 @@ def show(run_dir: Path = typer.Argument(..., help="a run directory (or a bench d
     if (run_dir / "summary.md").exists():
         print((run_dir / "summary.md").read_text())
         return
-    try:
+    with user_errors():
         metrics, config = load_run(run_dir)
-    except FileNotFoundError as err:
-        fail(str(err))
     print_metrics(metrics)
     console.print(yaml.safe_dump(config, sort_keys=False))
     figures = sorted(p.name for p in run_dir.glob("*.png"))
@@ -159,7 +186,7 @@ def show(run_dir: Path = typer.Argument(..., help="a run directory (or a bench d
 
 
 def print_metrics(metrics: dict) -> None:
-    table = Table(title=f"{metrics['method']} on {metrics['dataset']} (seed {metrics['seed']})")
+    table = Table(title=f"{metrics.get('method')} on {metrics.get('dataset')} (seed {metrics.get('seed')})")
     table.add_column("metric")
     table.add_column("value")
     for key in ("mean_sad_deg", "sad_deg", "armse", "armse_per_endmember", "sre_db", "reconstruction_rmse",

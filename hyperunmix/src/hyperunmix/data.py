@@ -5,17 +5,20 @@ MATLAB files store pixels column-major (pixel = row + col * H); the loader conve
 """
 from __future__ import annotations
 
+import hashlib
+import warnings
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 import scipy.io
+from sklearn.utils import check_scalar
+
+from hyperunmix.files import atomic_write
+from hyperunmix.validation import SceneError, SceneWarning, check_cube, check_real, validate_scene
 
 PIXEL_ORDERS = ("auto", "row-major", "column-major")
-
-
-class SceneError(ValueError):
-    """A scene file or array is malformed; the message says what and where."""
 
 
 @dataclass
@@ -66,6 +69,16 @@ class Scene:
     def has_ground_truth(self) -> bool:
         return self.E is not None and self.A is not None
 
+    def fingerprint(self) -> dict:
+        """Shape and SHA-256 of the pixels and ground truth: a finished run is reused only for the
+        scene it was fitted on, not for one whose file has changed since."""
+        digest = hashlib.sha256()
+        for array in (self.Y, self.E, self.A):
+            digest.update(b"none" if array is None else repr(array.shape).encode())
+            if array is not None:
+                digest.update(np.ascontiguousarray(array, dtype="<f8"))
+        return {"shape": [self.H, self.W, self.n_bands], "sha256": digest.hexdigest()}
+
     def rescaled_endmembers(self) -> np.ndarray:
         """Endmembers with each column scaled by least squares so that Y ~ E diag(s) A.
 
@@ -85,51 +98,6 @@ def least_squares_scales(Y: np.ndarray, E: np.ndarray, A: np.ndarray) -> np.ndar
     return np.linalg.lstsq(gram, rhs, rcond=None)[0]
 
 
-def validate_scene(scene: Scene) -> None:
-    """Raise SceneError naming the first problem found in a scene."""
-    Y, where = scene.Y, f"scene {scene.name!r}"
-    if not isinstance(Y, np.ndarray) or Y.ndim != 2:
-        raise SceneError(f"{where}: Y must be a 2-D (bands, pixels) array, got shape {np.shape(Y)}")
-    if Y.shape[1] != scene.H * scene.W:
-        raise SceneError(
-            f"{where}: Y has {Y.shape[1]} pixels but H x W = {scene.H} x {scene.W} = {scene.H * scene.W}"
-        )
-    check_values(Y, f"{where}: Y")
-    zero_bands = np.flatnonzero(~np.any(Y != 0, axis=1))
-    if zero_bands.size:
-        raise SceneError(f"{where}: band(s) {zero_bands[:10].tolist()} are all zero (0-based band index)")
-    if scene.E is not None:
-        if scene.E.ndim != 2 or scene.E.shape[0] != Y.shape[0]:
-            raise SceneError(
-                f"{where}: E must have shape (L={Y.shape[0]}, p), got {scene.E.shape}"
-            )
-        check_values(scene.E, f"{where}: E")
-    if scene.A is not None:
-        p = scene.A.shape[0] if scene.E is None else scene.E.shape[1]
-        if scene.A.shape != (p, Y.shape[1]):
-            raise SceneError(f"{where}: A must have shape (p={p}, N={Y.shape[1]}), got {scene.A.shape}")
-        check_values(scene.A, f"{where}: A")
-    if scene.material_names is not None and scene.p is not None and len(scene.material_names) != scene.p:
-        raise SceneError(
-            f"{where}: {len(scene.material_names)} material names for p={scene.p} endmembers"
-        )
-
-
-def check_values(array: np.ndarray, what: str) -> None:
-    """Reject NaN/inf and negative entries, saying where the first one is."""
-    bad = ~np.isfinite(array)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise SceneError(f"{what} contains {int(bad.sum())} NaN/infinite value(s), first at index {first}")
-    negative = array < 0
-    if negative.any():
-        first = tuple(int(i) for i in np.argwhere(negative)[0])
-        raise SceneError(
-            f"{what} contains {int(negative.sum())} negative value(s), first at index {first} "
-            f"(value {array[first]:.4g}); pass clip_negative=True to clip them to zero"
-        )
-
-
 # ----------------------------------------------------------------------------- reading files
 
 
@@ -144,11 +112,14 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
         except Exception as err:
             raise SceneError(f"{path}: cannot read as a MATLAB file ({err})") from err
         return {k: v for k, v in raw.items() if not k.startswith("__")}
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    if suffix == ".npy":
-        return {"cube": np.load(path, allow_pickle=False)}
+    if suffix in (".npz", ".npy"):
+        try:
+            if suffix == ".npy":
+                return {"cube": np.load(path, allow_pickle=False)}
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except Exception as err:  # object arrays (pickles) are refused, as are damaged files
+            raise SceneError(f"{path}: cannot read as a NumPy {suffix} file ({err})") from err
     raise SceneError(f"{path}: unsupported file type {suffix!r} (expected .mat, .npz, .npy or .hdr)")
 
 
@@ -158,6 +129,8 @@ def scalar(arrays: dict, *keys: str) -> int | None:
             value = np.asarray(arrays[key]).ravel()
             if value.size != 1:
                 raise SceneError(f"key {key!r} must be a scalar, got shape {np.shape(arrays[key])}")
+            if value.dtype.kind not in "iuf" or not float(value[0]).is_integer():
+                raise SceneError(f"key {key!r} must be a whole number, got {value[0]!r}")
             return int(value[0])
     return None
 
@@ -210,9 +183,14 @@ def scene_shape(arrays: dict, n_pixels: int, shape: tuple[int, int] | None, sour
 
 def endmembers_from(M: np.ndarray, n_bands: int, key: str, source: str) -> np.ndarray:
     """Accept endmembers stored as columns (L, p) or rows (p, L)."""
-    M = np.asarray(M, dtype=np.float64)
+    M = np.asarray(M)
     if M.ndim != 2:
         raise SceneError(f"{source}: {key!r} must be 2-D (L, p) or (p, L), got shape {M.shape}")
+    check_real(M, f"{source}: {key!r}")
+    M = M.astype(np.float64)
+    if M.shape == (n_bands, n_bands):
+        warnings.warn(f"{source}: {key!r} is {n_bands} x {n_bands}, as many endmembers as bands: read as "
+                      "endmembers in columns (L, p)", SceneWarning, stacklevel=3)
     if M.shape[0] == n_bands:
         return M
     if M.shape[1] == n_bands:
@@ -226,7 +204,9 @@ def abundances_from(arrays: dict, H: int, W: int, p: int | None, column_major: b
     for key in ("S_GT", "A"):
         if key not in arrays:
             continue
-        A = np.asarray(arrays[key], dtype=np.float64)
+        A = np.asarray(arrays[key])
+        check_real(A, f"{source}: {key!r}")
+        A = A.astype(np.float64)
         if A.ndim == 3:
             if A.shape[:2] != (H, W):
                 raise SceneError(f"{source}: {key!r} maps have shape {A.shape}, expected ({H}, {W}, p)")
@@ -279,8 +259,12 @@ def parse_arrays(
     Y = np.asarray(arrays["Y"] if "Y" in arrays else arrays["V"])
     if Y.ndim != 2:
         raise SceneError(f"{source}: 'Y' must be 2-D (L, N), got shape {Y.shape}")
-    if Y.shape[0] > Y.shape[1]:
+    if Y.shape[0] > Y.shape[1] > 0:
         raise SceneError(f"{source}: 'Y' has shape {Y.shape}: more bands than pixels; expected (L, N)")
+    if Y.shape[0] == Y.shape[1] > 0:
+        warnings.warn(f"{source}: 'Y' is {Y.shape[0]} x {Y.shape[1]}, as many bands as pixels, so its "
+                      "orientation cannot be told from its shape: read as (bands, pixels); transpose it "
+                      "if the file stores (pixels, bands)", SceneWarning, stacklevel=3)
     if pixel_order not in PIXEL_ORDERS:
         raise SceneError(f"pixel_order must be one of {PIXEL_ORDERS}, got {pixel_order!r}")
     # HySUPP and NumPy files are written from Python (row-major); other .mat files come from MATLAB.
@@ -307,6 +291,15 @@ def read_envi(path: Path) -> tuple[dict, np.ndarray | None]:
         image = envi.open(str(path))
     except Exception as err:
         raise SceneError(f"{path}: cannot open ENVI header/data pair ({err})") from err
+    data_file = Path(image.filename)
+    rows, cols, bands = image.shape
+    needed = image.offset + rows * cols * bands * image.sample_size
+    if data_file.stat().st_size < needed:
+        raise SceneError(
+            f"{data_file}: ENVI data file has {data_file.stat().st_size} bytes, but its header {path} "
+            f"describes {rows} x {cols} x {bands} values of {np.dtype(image.dtype)} "
+            f"({image.sample_size} bytes each, after a {image.offset}-byte offset) = {needed} bytes"
+        )
     cube = image.open_memmap(writable=False)
     wavelengths = np.asarray(image.bands.centers, dtype=np.float64) if image.bands.centers else None
     return {"cube": cube}, wavelengths
@@ -358,16 +351,21 @@ def load_scene(
     path = Path(path)
     if not path.exists():
         raise SceneError(f"scene file not found: {path}")
+    if n_endmembers is not None:
+        check_scalar(n_endmembers, "n_endmembers", Integral, min_val=2)
     wavelengths = None
     if path.suffix.lower() == ".hdr":
         arrays, wavelengths = read_envi(path)
     else:
         arrays = read_arrays(path)
     parsed = parse_arrays(arrays, str(path), pixel_order=pixel_order, shape=shape)
-    Y, scale = normalise(np.asarray(parsed["Y"]), max_value, arrays)
+    H, W = parsed["H"], parsed["W"]
+    raw = np.asarray(parsed["Y"])
+    # Before normalising: the conversion to float would drop imaginary parts and parse text.
+    check_cube(raw.T.reshape(H, W, raw.shape[0]), str(path), allow_negative=clip_negative)
+    Y, scale = normalise(raw, max_value, arrays)
     if clip_negative:
         Y = np.clip(Y, 0.0, None)
-    H, W = parsed["H"], parsed["W"]
     E, A = parsed.get("E"), parsed.get("A")
     names = material_names
     if gt_path is not None:
@@ -402,21 +400,3 @@ def save_scene_npz(scene: Scene, path: str | Path) -> Path:
     if scene.has_ground_truth:
         arrays.update(E=scene.E, A=scene.A, p=np.array(scene.p))
     return atomic_write(Path(path), lambda handle: np.savez(handle, **arrays))
-
-
-def atomic_write(path: Path, write, mode: str = "wb") -> Path:
-    """Call write(handle) on a temp file beside `path`, then rename: no half-written files."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -12,7 +12,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hyperunmix.data import atomic_write  # noqa: E402
+from hyperunmix.files import atomic_write  # noqa: E402
 
 
 def save(fig, path: Path) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from hyperunmix.data import atomic_write
+from hyperunmix.files import atomic_write
 from hyperunmix.run import redraw_figures
 
 INTERPRETATION = ("What these numbers say is written by hand in [README.md](README.md) beside this page; "

@@ -1,4 +1,9 @@
-"""One method on one scene with one seed: estimates, scores, resolved config and figures."""
+"""One method on one scene with one seed: estimates, scores, resolved config and figures.
+
+A run folder holds estimates.mat, metrics.json, figures and, written last, config.yaml: a folder
+with metrics.json and config.yaml holds a finished run. Writing into a folder that holds a run
+needs `overwrite=True` (`--overwrite`), and the folder is locked while a run writes to it.
+"""
 from __future__ import annotations
 
 import json
@@ -13,8 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from hyperunmix import __version__, make_method
-from hyperunmix.data import Scene, atomic_write
+from hyperunmix.data import Scene
+from hyperunmix.files import atomic_write
+from hyperunmix.locks import folder_lock
 from hyperunmix.metrics import reconstruction_rmse, score
+
+FINISHED_MARKERS = ("metrics.json", "config.yaml")
+FIGURE_FILES = ("abundances.png", "endmembers.png", "training_curves.png")
 
 
 class RunConfig(BaseModel):
@@ -31,6 +41,9 @@ class RunConfig(BaseModel):
 def method_params(scene: Scene, method_name: str, params: dict | None) -> dict:
     """User params plus what a method needs from the scene (the oracle's true endmembers)."""
     params = dict(params or {})
+    for fixed, source in (("n_endmembers", "the dataset's p"), ("random_state", "the seed")):
+        if fixed in params:
+            raise ValueError(f"{fixed} cannot be set as a method parameter: it comes from {source}")
     if method_name == "oracle-fcls":
         if scene.E is None:
             raise ValueError(f"oracle-fcls needs ground-truth endmembers; scene {scene.name!r} has none")
@@ -62,14 +75,19 @@ def finished_run(out_dir: str | Path, scene: Scene, method_name: str, seed: int,
     """The metrics of a run already written to `out_dir` for the same scene, method, seed and
     resolved parameters; None when there is none (or it was made with other settings)."""
     out_dir = Path(out_dir)
-    if not ((out_dir / "metrics.json").is_file() and (out_dir / "config.yaml").is_file()):
+    if not all((out_dir / name).is_file() for name in FINISHED_MARKERS):
         return None
-    stored = yaml.safe_load((out_dir / "config.yaml").read_text()) or {}
+    try:
+        metrics, stored = load_run(out_dir)
+    except ValueError:  # damaged by hand: fit again
+        return None
     model = build_method(scene, method_name, seed, params)
     wanted = {"dataset": scene.name, "method": method_name, "seed": seed, "params": plain(model.get_params())}
     if any(stored.get(key) != value for key, value in wanted.items()):
         return None
-    return json.loads((out_dir / "metrics.json").read_text())
+    if (stored.get("scene") or {}).get("fingerprint") != scene.fingerprint():  # the scene file changed
+        return None
+    return metrics
 
 
 def resolved_config(scene: Scene, method_name: str, seed: int, model, dataset_options: dict | None) -> dict:
@@ -80,7 +98,8 @@ def resolved_config(scene: Scene, method_name: str, seed: int, model, dataset_op
         "params": plain(model.get_params()),
         "dataset_options": plain(dataset_options or {}),
         "scene": {"H": scene.H, "W": scene.W, "bands": scene.n_bands, "p": scene.p,
-                  "path": scene.meta.get("path", "generated"), "scale": plain(scene.meta.get("scale"))},
+                  "path": scene.meta.get("path", "generated"), "scale": plain(scene.meta.get("scale")),
+                  "fingerprint": scene.fingerprint()},
         "environment": {"hyperunmix": __version__, "python": platform.python_version(),
                         "numpy": np.__version__, "threads": threads_in_use()},
     }
@@ -116,10 +135,34 @@ def run_method(
     out_dir: str | Path | None = None,
     figures: bool = True,
     dataset_options: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Fit `method_name` on `scene`, score it against the ground truth when there is one, and
-    (with `out_dir`) write estimates.mat, metrics.json, config.yaml and figures. Returns the metrics."""
+    (with `out_dir`) write estimates.mat, metrics.json, config.yaml and figures. Returns the metrics.
+
+    `out_dir` is checked and locked before the fit, so a bad folder costs no fitting time; a
+    folder that already holds a run is refused unless `overwrite`."""
     model = build_method(scene, method_name, seed, params)
+    model.validate_params()  # before the folder is made: a bad parameter leaves nothing behind
+    if out_dir is None:
+        return fit_and_score(scene, method_name, seed, model)
+    with folder_lock(out_dir) as out:
+        if not overwrite:
+            check_no_run(out)
+        metrics = fit_and_score(scene, method_name, seed, model)
+        write_run(out, scene, model, metrics, resolved_config(scene, method_name, seed, model, dataset_options),
+                  figures)
+    return metrics
+
+
+def check_no_run(out: Path) -> None:
+    held = [name for name in FINISHED_MARKERS if (out / name).exists()]
+    if held:
+        raise FileExistsError(f"{out} already holds a run ({', '.join(held)}); pass --overwrite "
+                              "(overwrite=True) to replace it, or choose another output folder")
+
+
+def fit_and_score(scene: Scene, method_name: str, seed: int, model) -> dict:
     p = model.n_endmembers
     start = time.perf_counter()
     model.fit(scene.cube)
@@ -131,22 +174,22 @@ def run_method(
         metrics.update(score(E_hat, A_hat, scene.E, scene.A, Y=scene.Y))
     else:
         metrics["reconstruction_rmse"] = reconstruction_rmse(scene.Y, E_hat, A_hat)
-    if out_dir is not None:
-        config = resolved_config(scene, method_name, seed, model, dataset_options)
-        write_run(Path(out_dir), scene, model, metrics, config, figures)
     return metrics
 
 
 def write_run(out: Path, scene: Scene, model, metrics: dict, config: dict, figures: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    # config.yaml goes first and comes back last: a run killed while writing never looks finished.
+    (out / "config.yaml").unlink(missing_ok=True)
+    for name in FIGURE_FILES:  # figures of a replaced run would describe the wrong fit
+        (out / name).unlink(missing_ok=True)
     p = model.endmembers_.shape[1]
     # HySUPP-compatible: E (L, p), A (p, N) with row-major pixels, plus the image size.
     estimates = {"E": model.endmembers_, "A": model.abundances_.reshape(p, -1), "H": scene.H, "W": scene.W, "p": p}
     atomic_write(out / "estimates.mat", lambda handle: scipy.io.savemat(handle, estimates))
     atomic_write(out / "metrics.json", lambda handle: json.dump(plain(metrics), handle, indent=2), mode="w")
-    atomic_write(out / "config.yaml", lambda handle: yaml.safe_dump(config, handle, sort_keys=False), mode="w")
     if figures:
         write_run_figures(out, scene, model.endmembers_, model.abundances_, metrics, getattr(model, "history_", {}))
+    atomic_write(out / "config.yaml", lambda handle: yaml.safe_dump(config, handle, sort_keys=False), mode="w")
 
 
 def write_run_figures(out: Path, scene: Scene, E_hat: np.ndarray, A_hat: np.ndarray, metrics: dict,
@@ -189,11 +232,20 @@ def redraw_figures(run_dir: str | Path) -> None:
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, dict]:
-    """(metrics, config) of a run directory written by `run_method`."""
+    """(metrics, config) of a run directory written by `run_method`; a file that cannot be read
+    back (damaged or cut short) raises a ValueError naming it."""
     run_dir = Path(run_dir)
-    for name in ("metrics.json", "config.yaml"):
+    for name in FINISHED_MARKERS:
         if not (run_dir / name).exists():
             raise FileNotFoundError(f"{run_dir} is not a run directory: {name} is missing")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    return metrics, config
+    loaded = []
+    for name, parse in (("metrics.json", json.loads), ("config.yaml", yaml.safe_load)):
+        try:
+            value = parse((run_dir / name).read_text())
+        except (ValueError, yaml.YAMLError) as err:
+            problem = " ".join(str(err).split())
+            raise ValueError(f"{run_dir / name} cannot be read ({problem}); rerun the run to rewrite it") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{run_dir / name} should hold a mapping, got {type(value).__name__}")
+        loaded.append(value)
+    return loaded[0], loaded[1]

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import StrOptions
 from torch import nn
 
-from hyperunmix.methods.base import Unmixer
+from hyperunmix.methods.base import NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_REAL, Unmixer
 from hyperunmix.methods.gauss import spectral_angle
 
 
@@ -35,6 +36,15 @@ class DenseAutoencoder(nn.Module):
 class Autoencoder(Unmixer):
     """DAEU-style autoencoder; `history_["sad"]` holds the per-epoch loss."""
 
+    _parameter_constraints = {
+        **Unmixer._parameter_constraints,
+        "epochs": [NON_NEGATIVE_INT],
+        "batch_size": [POSITIVE_INT],
+        "lr": [POSITIVE_REAL],
+        "init": [StrOptions({"vca", "random"})],
+        "softmax_scale": [POSITIVE_REAL],
+    }
+
     def __init__(self, n_endmembers: int, random_state: int | None = None, epochs: int = 30,
                  batch_size: int = 128, lr: float = 1e-3, init: str = "vca", softmax_scale: float = 1.0):
         super().__init__(n_endmembers, random_state)
@@ -47,8 +57,6 @@ class Autoencoder(Unmixer):
     def _initial_endmembers(self, Y: np.ndarray, seed: int) -> np.ndarray | None:
         if self.init == "random":
             return None
-        if self.init != "vca":
-            raise ValueError(f"init must be 'vca' or 'random', got {self.init!r}")
         from hyperunmix.methods.vca import vca
 
         E, _ = vca(Y, self.n_endmembers, seed)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hyperunmix.methods.base import Unmixer
+from hyperunmix.methods.base import NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_REAL, Unmixer
 from hyperunmix.methods.gauss import spectral_angle
 
 
@@ -49,6 +49,17 @@ def random_crops(image: torch.Tensor, size: int, count: int, generator: torch.Ge
 class CNNAEU(Unmixer):
     """Convolutional autoencoder unmixing; `history_["sad"]` holds the per-epoch loss."""
 
+    _parameter_constraints = {
+        **Unmixer._parameter_constraints,
+        "epochs": [NON_NEGATIVE_INT],
+        "patch_size": [POSITIVE_INT],
+        "patches_per_epoch": [POSITIVE_INT],
+        "batch_size": [POSITIVE_INT],
+        "lr": [POSITIVE_REAL],
+        "filters": [POSITIVE_INT],
+        "decoder_kernel": [POSITIVE_INT],  # odd: checked in _fit (a constraint cannot say it)
+    }
+
     def __init__(self, n_endmembers: int, random_state: int | None = None, epochs: int = 120,
                  patch_size: int = 40, patches_per_epoch: int = 16, batch_size: int = 8,
                  lr: float = 3e-4, filters: int = 48, decoder_kernel: int = 11):
@@ -65,6 +76,8 @@ class CNNAEU(Unmixer):
         seed = 0 if self.random_state is None else int(self.random_state)
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
+        if self.decoder_kernel % 2 == 0:  # 'same' padding needs an odd kernel
+            raise ValueError(f"decoder_kernel must be odd, got {self.decoder_kernel}")
         L = Y.shape[0]
         image = torch.as_tensor(Y, dtype=torch.float32).reshape(L, H, W)
         kernel = min(self.decoder_kernel, 2 * (min(H, W) // 2) - 1)  # reflect pad must fit

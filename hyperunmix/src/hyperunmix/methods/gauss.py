@@ -16,9 +16,18 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
+from sklearn.utils._param_validation import StrOptions
 from torch import nn
 
-from hyperunmix.methods.base import Unmixer
+from hyperunmix.methods import METHODS
+from hyperunmix.methods.base import (
+    NON_NEGATIVE_INT,
+    NON_NEGATIVE_REAL,
+    POSITIVE_INT,
+    POSITIVE_REAL,
+    UNIT_INTERVAL,
+    Unmixer,
+)
 from hyperunmix.methods.networks import ApproximationNetwork, MixingNetwork, UnmixingNetwork
 from hyperunmix.methods.patches import extract_patches, predict_tiled
 
@@ -64,6 +73,33 @@ class GAUSS(Unmixer):
     """Stage-1 GAUSS. `fit(cube)` sets `endmembers_` (L, p) = MN(e_k) and `abundances_`
     (p, H, W) = UN(AN(patch)); `transform(cube)` applies AN and UN tile by tile."""
 
+    _parameter_constraints = {
+        **Unmixer._parameter_constraints,
+        "window": [POSITIVE_INT],  # odd and smaller than the scene: checked by extract_patches
+        "an_hidden": [POSITIVE_INT],
+        "mn": [StrOptions({"deep", "linear"})],
+        "un_loss": [StrOptions({"ce", "mse"})],
+        "kmeans_on": [StrOptions({"approx", "raw"})],
+        "an_epochs": [NON_NEGATIVE_INT],
+        "un_epochs": [NON_NEGATIVE_INT],
+        "mn_epochs": [NON_NEGATIVE_INT],
+        "lr": [POSITIVE_REAL],
+        "batch_size": [POSITIVE_INT],
+        "sad_weight": [NON_NEGATIVE_REAL],
+        "kmeans_n_init": [POSITIVE_INT],
+        "tile_pixels": [POSITIVE_INT],
+        "device": [str],  # whether it exists is checked in _check_device
+    }
+    # The stage-2 parameters GAUSSBlind and GAUSSPrime share.
+    _stage2_constraints = {
+        "decay": [UNIT_INTERVAL],
+        "stage2_epochs": [NON_NEGATIVE_INT],
+        "stage2_lr": [POSITIVE_REAL],
+        "train_an": ["boolean"],
+        "stage2_mse_weight": [NON_NEGATIVE_REAL],
+        "smooth_weight": [NON_NEGATIVE_REAL],
+    }
+
     def __init__(
         self,
         n_endmembers: int,
@@ -100,11 +136,7 @@ class GAUSS(Unmixer):
         self.device = device
 
     # ---- shared pieces -------------------------------------------------------------------
-    def _check_params(self) -> None:
-        choices = {"mn": ("deep", "linear"), "un_loss": ("ce", "mse"), "kmeans_on": ("approx", "raw")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+    def _check_device(self) -> None:
         if self.device != "cpu" and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} requested but CUDA is not available")
 
@@ -168,7 +200,7 @@ class GAUSS(Unmixer):
         """Stage-1 GAUSS has no second stage; the variants override this."""
 
     def _fit(self, Y: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
-        self._check_params()
+        self._check_device()
         seed = self._seed()
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
@@ -268,6 +300,9 @@ class GAUSSBlind(GAUSS):
     Ridge from 0.125 to 0.11 (docs/ablation.md). `smooth_weight` adds the squared abundance
     difference to the right and lower neighbours (off by default: it hurt both scenes)."""
 
+    _parameter_constraints = {**GAUSS._parameter_constraints, **GAUSS._stage2_constraints,
+                              "pseudo_gt_weight": [NON_NEGATIVE_REAL]}
+
     def __init__(self, n_endmembers: int, random_state: int | None = None, pseudo_gt_weight: float = 1.0,
                  decay: float = 0.8, stage2_epochs: int = 40, stage2_lr: float = 3e-3,
                  train_an: bool = False, stage2_mse_weight: float = 0.0, smooth_weight: float = 0.0,
@@ -293,6 +328,10 @@ class GAUSSPrime(GAUSS):
 
     The targets fade (decay 0.8, as in GAUSS_blind) so that the prime method's own errors do not
     cap the result; with no decay, Jasper Ridge's VCA abundances held it at ~16 deg."""
+
+    _parameter_constraints = {**GAUSS._parameter_constraints, **GAUSS._stage2_constraints,
+                              "prime_method": [StrOptions(set(METHODS))], "prime_params": [dict, None],
+                              "prime_weight": [NON_NEGATIVE_REAL]}
 
     def __init__(self, n_endmembers: int, random_state: int | None = None, prime_method: str = "vca-fcls",
                  prime_params: dict | None = None, prime_weight: float = 1.0, decay: float = 0.8,

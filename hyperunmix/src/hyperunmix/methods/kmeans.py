@@ -4,11 +4,13 @@ from __future__ import annotations
 from sklearn.cluster import KMeans
 
 from hyperunmix.fcls import fcls
-from hyperunmix.methods.base import Unmixer
+from hyperunmix.methods.base import POSITIVE_INT, Unmixer
 
 
 class KMeansFCLS(Unmixer):
     """Cluster the pixels into p groups; centroids are the endmembers, FCLSU the abundances."""
+
+    _parameter_constraints = {**Unmixer._parameter_constraints, "n_init": [POSITIVE_INT], "max_iter": [POSITIVE_INT]}
 
     def __init__(self, n_endmembers: int, random_state: int | None = None, n_init: int = 10,
                  max_iter: int = 300):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from hyperunmix.fcls import fcls
-from hyperunmix.methods.base import Unmixer
+from hyperunmix.methods.base import POSITIVE_INT, Unmixer
 
 
 def pca_reduce(Y: np.ndarray, d: int) -> np.ndarray:
@@ -55,6 +55,8 @@ def nfindr(Y: np.ndarray, p: int, seed: int | None = 0, max_sweeps: int = 10):
 
 class NFINDRFCLS(Unmixer):
     """N-FINDR endmembers + FCLSU abundances."""
+
+    _parameter_constraints = {**Unmixer._parameter_constraints, "max_sweeps": [POSITIVE_INT]}
 
     def __init__(self, n_endmembers: int, random_state: int | None = None, max_sweeps: int = 10):
         super().__init__(n_endmembers, random_state)

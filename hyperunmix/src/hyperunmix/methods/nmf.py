@@ -6,8 +6,9 @@ import warnings
 import numpy as np
 from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import StrOptions
 
-from hyperunmix.methods.base import Unmixer
+from hyperunmix.methods.base import NON_NEGATIVE_REAL, POSITIVE_INT, UNIT_INTERVAL, Unmixer
 
 
 def rescale_to_sum_one(W: np.ndarray, Hc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -28,6 +29,15 @@ class NMFUnmixer(Unmixer):
 
     init="random" (seeded) so that seeds give different starts; "nndsvda" is deterministic.
     """
+
+    _parameter_constraints = {
+        **Unmixer._parameter_constraints,
+        "init": [StrOptions({"random", "nndsvd", "nndsvda", "nndsvdar"})],
+        "max_iter": [POSITIVE_INT],
+        "tol": [NON_NEGATIVE_REAL],
+        "alpha_W": [NON_NEGATIVE_REAL],
+        "l1_ratio": [UNIT_INTERVAL],
+    }
 
     def __init__(self, n_endmembers: int, random_state: int | None = None, init: str = "random",
                  max_iter: int = 300, tol: float = 1e-4, alpha_W: float = 0.0, l1_ratio: float = 0.0):

@@ -5,7 +5,7 @@ import numpy as np
 
 from hyperunmix.data import least_squares_scales
 from hyperunmix.fcls import fcls
-from hyperunmix.methods.base import Unmixer
+from hyperunmix.methods.base import NON_NEGATIVE_INT, Unmixer
 
 
 class OracleFCLS(Unmixer):
@@ -16,6 +16,14 @@ class OracleFCLS(Unmixer):
     for Samson); without them the scales are found blindly, alternating FCLSU with the
     least-squares scales (`rescale_iterations` rounds).
     """
+
+    _parameter_constraints = {
+        **Unmixer._parameter_constraints,
+        "endmembers": ["array-like", None],
+        "rescale": ["boolean"],
+        "abundances": ["array-like", None],
+        "rescale_iterations": [NON_NEGATIVE_INT],
+    }
 
     def __init__(self, n_endmembers: int, random_state: int | None = None, endmembers=None,
                  rescale: bool = False, abundances=None, rescale_iterations: int = 20):

@@ -76,6 +76,8 @@ class VCAFCLS(Unmixer):
     (True) or the original pixels at the chosen indices (False).
     """
 
+    _parameter_constraints = {**Unmixer._parameter_constraints, "use_projected": ["boolean"]}
+
     def __init__(self, n_endmembers: int, random_state: int | None = None, use_projected: bool = True):
         super().__init__(n_endmembers, random_state)
         self.use_projected = use_projected
