@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,90 @@ def test_shipped_configs_validate(config):
 
     cfg = load_config(config)
     assert cfg.method.name in {"fedavg", "svd", "fedsvd", "subspace"}
+
+
+# --------------------------------------------------------------------------- user errors
+def one_error_line(result) -> str:
+    """The run failed as a user error: exit code 2, exactly one `error:` line, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def test_tracebacks_never_show_local_variables():
+    from fedlora.flower.cli import flower_app
+
+    assert app.pretty_exceptions_show_locals is False and flower_app.pretty_exceptions_show_locals is False
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.name=/no/such/model-folder", r"model.name: local model folder /no/such/model-folder not found"),
+    ("model.name=someorg/no-such-model", r"'someorg/no-such-model' is not a local folder .*HF_HUB_OFFLINE is set"),
+    ("device=cuda", r"device='cuda' but CUDA is not available"),
+    ("method.name=fedprox", r"method.name: .*unknown method 'fedprox'"),
+])
+def test_bad_model_device_or_method_is_one_line(tiny_args, tmp_path, monkeypatch, override, expected):
+    import torch
+    from huggingface_hub import constants
+
+    if override.startswith("device") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as `make test` runs: no hub at all
+    result = runner.invoke(app, ["run", str(CONFIGS / "tiny.yaml"), *tiny_args, "--set", override,
+                                 "--out", str(tmp_path / "r"), "--no-progress"])
+    assert re.search(expected, one_error_line(result))
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under-file"])
+def test_out_that_is_or_lies_under_a_file(tiny_args, tmp_path, where):
+    (tmp_path / "taken").write_text("not a folder")
+    out = tmp_path / "taken" if where == "file" else tmp_path / "taken" / "run"
+    for extra in ([], ["--overwrite"]):
+        result = runner.invoke(app, ["run", str(CONFIGS / "tiny.yaml"), *tiny_args, "--out", str(out),
+                                     "--no-progress", *extra])
+        assert re.search(r"run folder .*taken.* (is a file|lies under)", one_error_line(result))
+    assert (tmp_path / "taken").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("seeds", ["abc", "42,x", "44-42", ","])
+def test_bad_seeds_are_named(tmp_path, seeds):
+    result = runner.invoke(app, ["sweep", str(CONFIGS / "tiny.yaml"), "--seeds", seeds, "--out", str(tmp_path / "s")])
+    assert one_error_line(result).startswith("error: --seeds: ")
+    assert not (tmp_path / "s").exists()
+
+
+def test_truncated_checkpoint_on_resume_is_one_line(tiny_args, tmp_path):
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["run", str(CONFIGS / "tiny.yaml"), *tiny_args, "--set", "rounds=2",
+                                 "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    (out / "summary.json").unlink()  # as if interrupted before the end
+    tensors = out / "checkpoint" / "global.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    result = runner.invoke(app, ["resume", str(out), "--no-progress"])
+    assert "global.safetensors is damaged" in one_error_line(result)
+
+
+def test_busy_run_and_sweep_folders_name_the_holder(tiny_args, tmp_path):
+    from test_engine import hold_lock
+
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(CONFIGS / "tiny.yaml"), *tiny_args, "--out", str(run), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    (run / "summary.json").unlink()
+    sweep_dir = tmp_path / "sweep"
+    holders = [hold_lock(run), hold_lock(sweep_dir)]
+    try:
+        resumed = runner.invoke(app, ["resume", str(run), "--no-progress"])
+        assert f"is in use by process {holders[0].pid}" in one_error_line(resumed)
+        swept = runner.invoke(app, ["sweep", str(CONFIGS / "tiny.yaml"), *tiny_args, "--methods", "fedavg",
+                                    "--seeds", "1", "--out", str(sweep_dir), "--no-progress"])
+        assert f"sweep folder {sweep_dir} is in use by process {holders[1].pid}" in one_error_line(swept)
+        assert [p.name for p in sweep_dir.iterdir()] == [".lock"]  # the refused sweep wrote nothing
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()

@@ -150,6 +150,32 @@ def test_endings_must_be_four_strings(tmp_path, original_records, endings):
         read_items(path)
 
 
+@pytest.mark.parametrize("endings", [["", "", "", ""], ["a", "  ", "c", "d"], ["a", "b", "c", "[title]"]])
+def test_blank_endings_refused_with_file_and_line(tmp_path, original_records, endings):
+    # A blank choice cannot be scored; one is enough to make the 4-way comparison meaningless.
+    path = _write_jsonl(tmp_path / "blank.jsonl", [original_records[0], dict(original_records[1], endings=endings)])
+    with pytest.raises(DataError, match=r"blank\.jsonl:2: 'endings' \[.*\] (is|are) empty or whitespace only"):
+        read_items(path)
+
+
+def test_blank_endings_refused_in_parquet(tmp_path, original_records):
+    rows = [dict(r) for r in original_records[:3]]
+    rows[2]["endings"] = ["", "", "", ""]
+    path = tmp_path / "blank.parquet"
+    pq.write_table(_hub_table(rows), path)
+    with pytest.raises(DataError, match=r"blank\.parquet: row 2: 'endings' \[0, 1, 2, 3\] are empty"):
+        read_items(path)
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path, original_records):
+    path = tmp_path / "latin1.jsonl"
+    good = json.dumps(original_records[0]).encode()
+    bad = json.dumps(dict(original_records[1], ctx="caf\u00e9")).encode().replace(b"\\u00e9", b"\xe9")
+    path.write_bytes(good + b"\n" + bad + b"\n")
+    with pytest.raises(DataError, match=r"latin1\.jsonl:2: not valid UTF-8 \(byte 0xe9 at column \d+\)"):
+        read_items(path)
+
+
 def test_parquet_errors_name_row(tmp_path, original_records):
     rows = [dict(r) for r in original_records[:5]]
     rows[3]["label"] = 9
@@ -211,6 +237,7 @@ def fake_hub(tmp_path, monkeypatch, original_records):
     })
     monkeypatch.setattr(data, "list_repo_files", hub.list_repo_files)
     monkeypatch.setattr(data, "hf_hub_download", hub.hf_hub_download)
+    monkeypatch.setattr(data, "require_hub", lambda what: None)  # the fake hub is always reachable
     return hub
 
 
@@ -237,6 +264,7 @@ def test_hub_unreachable_gives_clear_error(monkeypatch):
         raise ConnectionError("Name or service not known")
 
     monkeypatch.setattr(data, "list_repo_files", offline)
+    monkeypatch.setattr(data, "require_hub", lambda what: None)  # the probe passes, the listing fails
     with pytest.raises(DataError, match=r"cannot list .*'Rowan/hellaswag'.*ConnectionError.*data.source=local"):
         load_hub_split("Rowan/hellaswag", "validation")
 
@@ -281,13 +309,32 @@ def test_auto_prefers_local_and_logs_it():
 
 
 def test_auto_falls_back_to_hub_and_says_why(tmp_path, monkeypatch, fake_hub, original_items):
-    monkeypatch.setenv("FEDLORA_DATA_DIR", str(tmp_path / "nowhere"))
+    # Only the default shared data folder (no FEDLORA_DATA_DIR, default paths) may be missing.
+    monkeypatch.delenv("FEDLORA_DATA_DIR", raising=False)
+    monkeypatch.setattr(config, "DEFAULT_DATA_DIR", tmp_path / "nowhere")
     messages: list[str] = []
-    pools = load_pools(_cfg(source="auto", train_size=30, eval_size=40), seed=3, log=messages.append)
+    defaults = {"train_path": DataConfig().train_path, "eval_path": DataConfig().eval_path}
+    pools = load_pools(_cfg(source="auto", train_size=30, eval_size=40, **defaults), seed=3, log=messages.append)
     assert pools.source == "hub"
-    assert "not found" in messages[0] and "Rowan/hellaswag" in messages[0]
+    assert "not found" in messages[0] and "default shared data folder" in messages[0]
+    assert "Rowan/hellaswag" in messages[0]
     assert len(pools.train) == 30 and len(pools.eval) == 40
     assert set(pools.train) <= set(original_items[:50])  # served train shard
+
+
+@pytest.mark.parametrize("set_by", ["config", "env"])
+def test_auto_never_turns_a_written_path_into_a_download(tmp_path, monkeypatch, fake_hub, set_by):
+    # A typo in a path the user wrote (config key or FEDLORA_DATA_DIR) is an error, not a hub fallback.
+    if set_by == "config":
+        cfg = _cfg(source="auto", train_path=str(tmp_path / "trian.jsonl"))
+        expected = r"data.train_path: file not found: .*trian\.jsonl.*never for a path that was set"
+    else:
+        monkeypatch.setenv("FEDLORA_DATA_DIR", str(tmp_path / "typo"))
+        cfg = _cfg(source="auto")
+        expected = r"data.train_path: file not found: .*typo.*never for a path that was set"
+    with pytest.raises(DataError, match=expected):
+        load_pools(cfg, seed=0, log=lambda m: None)
+    assert fake_hub.listings == [] and fake_hub.downloads == []
 
 
 def test_local_source_missing_file_is_an_error(tmp_path, monkeypatch):

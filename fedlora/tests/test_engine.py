@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import make_encoder, make_tokenizer, shared_file
+from fedlora import files
 from fedlora.config import ConfigError, config_from_dict, load_config
 from fedlora.engine import train_federation
+from fedlora.lock import FolderBusy
 from fedlora.progress import Progress
-from fedlora.rundir import RunDir
+from fedlora.rundir import RunDir, RunDirError
 
 TIMING_KEYS = {"time_train_s", "time_aggregate_s", "time_geometry_s", "time_eval_s"}
 
@@ -118,11 +125,10 @@ def test_zero_penalty_is_bit_identical_to_server_only(tiny_model_dir, tmp_path):
     assert [m["client_loss"] for m in c] != [m["client_loss"] for m in a]
 
 
-def test_unknown_method_fails_before_writing(tiny_model_dir, tmp_path):
-    cfg = tiny_config(tiny_model_dir, **{"method.name": "fedprox"})
-    with pytest.raises(ValueError, match="fedprox"):
-        train_federation(cfg, tmp_path / "run", log=lambda m: None)
-    assert not (tmp_path / "run").exists()
+def test_unknown_method_fails_at_config_validation(tiny_model_dir):
+    # Refused with the config, before any data or model is loaded (and so before any writing).
+    with pytest.raises(ConfigError, match=r"method\.name: .*unknown method 'fedprox'; valid names: fedavg"):
+        tiny_config(tiny_model_dir, **{"method.name": "fedprox"})
 
 
 def test_unknown_config_key_is_named(tiny_model_dir):
@@ -175,3 +181,128 @@ def test_real_offline_model_completes_a_round(model, tmp_path):
     adapter_cfg = json.loads((tmp_path / "run" / "adapter_final" / "adapter_config.json").read_text())
     expected = {"query", "key", "value", "dense"} if family == "encoder" else {"q_proj", "v_proj", "down_proj"}
     assert expected <= set(adapter_cfg["target_modules"])
+
+
+# --------------------------------------------------------------------------- interruptions
+class StopAfterRound(Progress):
+    """Interrupts the run once round `stop` is recorded (its checkpoint written)."""
+
+    def __init__(self, stop: int):
+        super().__init__(enabled=False)
+        self.stop = stop
+
+    def report(self, record):
+        if record["round"] == self.stop:
+            raise KeyboardInterrupt
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at that point: nothing after it runs but `finally` clean-ups."""
+
+
+def interrupted_run(cfg, out, stop: int) -> RunDir:
+    with pytest.raises(KeyboardInterrupt):
+        train_federation(cfg, out, log=lambda m: None, progress=StopAfterRound(stop))
+    return RunDir(out)
+
+
+def test_kill_between_the_checkpoint_renames_resumes_from_the_previous_one(tiny_model_dir, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_model_dir, rounds=3)
+    train_federation(cfg, tmp_path / "full", log=lambda m: None)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        # The round-2 checkpoint's second rename: the round-1 one already sits at .checkpoint.old.
+        if Path(dst).name == "checkpoint" and json.loads((Path(src) / "round.json").read_text())["round"] == 2:
+            raise Killed
+        real_replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        with pytest.raises(Killed):
+            train_federation(cfg, tmp_path / "cut", log=lambda m: None)
+    cut = RunDir(tmp_path / "cut")
+    assert not (cut.path / "checkpoint").exists() and (cut.path / ".checkpoint.old" / "round.json").is_file()
+    messages: list[str] = []
+    train_federation(None, cut.path, resume=True, log=messages.append)
+    assert any("after round 1" in m for m in messages)  # not a silent restart from round 1
+    assert without_timing(cut.read_metrics()) == without_timing(RunDir(tmp_path / "full").read_metrics())
+    assert not (cut.path / ".checkpoint.old").exists()
+
+
+def test_torn_last_metrics_line_is_dropped_and_the_round_replayed(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, rounds=3)
+    train_federation(cfg, tmp_path / "full", log=lambda m: None)
+    cut = interrupted_run(cfg, tmp_path / "cut", stop=2)
+    with open(cut.path / "metrics.jsonl", "a") as fh:
+        fh.write('{"round": 3, "clients": [1, ')  # killed while appending round 3
+    messages: list[str] = []
+    train_federation(None, cut.path, resume=True, log=messages.append)
+    assert any("metrics.jsonl: dropped a partly written last line" in m for m in messages)
+    assert without_timing(cut.read_metrics()) == without_timing(RunDir(tmp_path / "full").read_metrics())
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("round.json", r"checkpoint file .*round\.json is damaged \(not valid JSON"),
+    ("global.safetensors", r"checkpoint file .*global\.safetensors is damaged"),
+    ("metrics.jsonl", r"metrics\.jsonl:1: damaged metrics line"),
+])
+def test_damaged_files_on_resume_are_named(tiny_model_dir, tmp_path, damage, expected):
+    cut = interrupted_run(tiny_config(tiny_model_dir, rounds=3), tmp_path / "cut", stop=2)
+    target = cut.path / ("metrics.jsonl" if damage == "metrics.jsonl" else f"checkpoint/{damage}")
+    raw = target.read_bytes()
+    target.write_bytes(b"{oops\n" + raw if damage == "metrics.jsonl" else raw[: len(raw) // 2])
+    with pytest.raises(RunDirError, match=expected):
+        train_federation(None, cut.path, resume=True, log=lambda m: None)
+    assert target.read_bytes() != raw and cut.status == "failed"  # nothing rewritten
+
+
+HOLDER = """import sys
+from fedlora.lock import folder_lock
+with folder_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """A second process that takes the folder's lock and keeps it until killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_writer_is_refused_and_a_dead_holder_frees_the_folder(tiny_model_dir, tmp_path):
+    cut = interrupted_run(tiny_config(tiny_model_dir, rounds=2), tmp_path / "cut", stop=1)
+    before = (cut.path / "metrics.jsonl").read_bytes()
+    holder = hold_lock(cut.path)
+    try:
+        with pytest.raises(FolderBusy, match=rf"run folder .*cut is in use by process {holder.pid}"):
+            train_federation(None, cut.path, resume=True, log=lambda m: None)
+        with pytest.raises(FolderBusy, match=rf"process {holder.pid}"):
+            train_federation(tiny_config(tiny_model_dir), cut.path, overwrite=True, log=lambda m: None)
+        assert (cut.path / "metrics.jsonl").read_bytes() == before and cut.status == "failed"
+    finally:
+        holder.kill()  # SIGKILL: the kernel releases the lock, the lock file stays behind
+        holder.wait()
+    train_federation(None, cut.path, resume=True, log=lambda m: None)
+    assert [m["round"] for m in cut.read_metrics()] == [1, 2]
+
+
+def test_outputs_follow_the_umask(tiny_model_dir, tmp_path):
+    # tempfile makes files 0600 and folders 0700; results must be as readable as the umask allows.
+    files.umask.cache_clear()
+    old = os.umask(0o027)
+    try:
+        train_federation(tiny_config(tiny_model_dir, rounds=1), tmp_path / "run", log=lambda m: None)
+    finally:
+        os.umask(old)
+        files.umask.cache_clear()
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "status.json", "partition.json",
+                 "checkpoint/round.json", "checkpoint/global.safetensors", "checkpoint/rng.pt",
+                 "adapter_final/adapter_model.safetensors", "adapter_final/adapter_config.json", "plots/accuracy.png"):
+        assert stat.S_IMODE((run / name).stat().st_mode) == 0o640, name
+    for name in (".", "checkpoint", "adapter_best", "adapter_final", "plots"):
+        assert stat.S_IMODE((run / name).stat().st_mode) == 0o750, name

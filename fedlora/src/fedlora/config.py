@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Family = Literal["encoder", "decoder"]
 ServerRule = Literal["average", "symmetric", "orthogonal_a", "orthogonal_b", "fedsvd"]
@@ -24,12 +24,19 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+DATA_DIR_ENV = "FEDLORA_DATA_DIR"
+# ../shared/data beside the repository.
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+
 def data_dir() -> Path:
-    """Where the shared data lives: $FEDLORA_DATA_DIR, else ../shared/data beside the repository."""
-    env = os.environ.get("FEDLORA_DATA_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    """Where the shared data lives: $FEDLORA_DATA_DIR, else the default shared data folder."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env) if env else DEFAULT_DATA_DIR
+
+
+def data_dir_is_default() -> bool:
+    return not os.environ.get(DATA_DIR_ENV)
 
 
 class Section(BaseModel):
@@ -105,6 +112,16 @@ class MethodConfig(Section):
     clip: bool = True
     clip_tau: float | None = Field(None, gt=0)  # None: family default (15 / 25)
 
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        # Checked here so a typo fails with the config, not after the model has loaded.
+        from fedlora.methods import METHODS  # the registry imports this module
+
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; valid names: {', '.join(METHODS)}")
+        return name
+
 
 class EvalConfig(Section):
     batch_size: int = Field(16, gt=0)
@@ -159,12 +176,18 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def _format_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+    """One line naming every bad key (a CLI error is one line)."""
+    problems = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "value_error":  # our validators' own message, without pydantic's prefix
+            msg = str(e["ctx"]["error"])
+        else:
+            msg = f"{e['msg']} (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else e["msg"]
+        problems.append(f"{loc}: {msg}")
+    return f"invalid configuration in {source}: " + "; ".join(problems)
 
 
 def config_from_dict(tree: dict, source: str = "<dict>") -> RunConfig:

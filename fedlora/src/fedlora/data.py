@@ -19,6 +19,7 @@ from huggingface_hub import hf_hub_download, list_repo_files
 
 from fedlora import config
 from fedlora.config import DataConfig
+from fedlora.hub import HubUnreachable, require_hub
 
 NUM_CHOICES = 4
 HUB_PARQUET_REVISION = "refs/convert/parquet"
@@ -81,7 +82,15 @@ def _parse_endings(value: Any, where: str) -> tuple[str, str, str, str]:
         raise DataError(f"{where}: 'endings' must be a list of exactly {NUM_CHOICES} strings, got {got}")
     if not all(isinstance(e, str) for e in value):
         raise DataError(f"{where}: 'endings' must hold strings only, got {[type(e).__name__ for e in value]}")
-    return tuple(clean_text(e) for e in value)  # type: ignore[return-value]
+    endings = tuple(clean_text(e) for e in value)
+    # A blank choice cannot be scored (a decoder's mean log-probability over zero ending tokens
+    # is undefined; an encoder would rank an empty text against real ones): it is broken data,
+    # and one blank ending is enough to make the item's 4-way comparison meaningless.
+    blank = [i for i, e in enumerate(endings) if not e]
+    if blank:
+        raise DataError(f"{where}: 'endings' {blank} {'is' if len(blank) == 1 else 'are'} empty or "
+                        "whitespace only; every choice needs text")
+    return endings  # type: ignore[return-value]
 
 
 def item_from_record(record: Any, where: str) -> Item:
@@ -108,11 +117,16 @@ def item_from_record(record: Any, where: str) -> Item:
 # --------------------------------------------------------------------------- file readers
 def read_jsonl(path: Path) -> list[Item]:
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:  # decoded per line, so a bad byte is reported with its line
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{where}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})"
+                                ) from None
             if not line.strip():
                 continue  # blank lines (e.g. a trailing newline) carry no item
-            where = f"{path}:{lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
@@ -149,6 +163,10 @@ def read_items(path: str | Path) -> list[Item]:
 # --------------------------------------------------------------------------- hub
 def hub_split_files(hub_id: str, split: str, subset: str = "default") -> list[str]:
     """Parquet shards of one split in the hub's parquet conversion, in shard order."""
+    try:
+        require_hub(f"hub dataset {hub_id!r}")
+    except HubUnreachable as err:
+        raise DataError(f"{err}; or use local files (data.source=local, FEDLORA_DATA_DIR)") from None
     try:
         files = list_repo_files(hub_id, repo_type="dataset", revision=HUB_PARQUET_REVISION)
     except Exception as err:  # network / auth / missing repo: the cause is in the chained error
@@ -217,6 +235,32 @@ def _read_hub_pools(cfg: DataConfig) -> tuple[list[Item], list[Item]]:
     return load_hub_split(cfg.hub_id, cfg.train_split), load_hub_split(cfg.hub_id, cfg.eval_split)
 
 
+def _is_default_location(cfg: DataConfig) -> bool:
+    """Whether the local files are the built-in defaults (no path written by the user)."""
+    fields = DataConfig.model_fields
+    return (config.data_dir_is_default() and cfg.train_path == fields["train_path"].default
+            and cfg.eval_path == fields["eval_path"].default)
+
+
+def _auto_source(cfg: DataConfig, log: Callable[[str], Any]) -> str:
+    """`data.source: auto`: local files when present; the hub only when the default shared data
+    folder is missing. A path the user wrote (in the config or FEDLORA_DATA_DIR) that does not
+    exist is an error: a typo must not turn into a download."""
+    paths = {"data.train_path": resolve_data_path(cfg.train_path), "data.eval_path": resolve_data_path(cfg.eval_path)}
+    missing = {key: p for key, p in paths.items() if not p.is_file()}
+    if not missing:
+        log(f"data: local files found under {config.data_dir()}; using {cfg.train_path} and {cfg.eval_path}")
+        return "local"
+    key, path = next(iter(missing.items()))
+    if not _is_default_location(cfg):
+        raise DataError(f"{key}: file not found: {path} (data directory: {config.data_dir()}); data.source=auto "
+                        "falls back to the hub only when the default shared data folder is missing, never for "
+                        "a path that was set; fix the path, or set data.source=hub")
+    log(f"data: local file {path} not found (default shared data folder); loading hub dataset {cfg.hub_id} "
+        f"({cfg.train_split}/{cfg.eval_split})")
+    return "hub"
+
+
 def load_pools(cfg: DataConfig, seed: int, log: Callable[[str], Any] = print) -> Pools:
     """Train and eval pools with their subsets drawn from the config's sizes and seeds.
 
@@ -225,15 +269,7 @@ def load_pools(cfg: DataConfig, seed: int, log: Callable[[str], Any] = print) ->
     """
     source = cfg.source
     if source == "auto":
-        missing = [p for p in (resolve_data_path(cfg.train_path), resolve_data_path(cfg.eval_path))
-                   if not p.is_file()]
-        if missing:
-            log(f"data: local file {missing[0]} not found; loading hub dataset {cfg.hub_id} "
-                f"({cfg.train_split}/{cfg.eval_split})")
-            source = "hub"
-        else:
-            log(f"data: local files found under {config.data_dir()}; using {cfg.train_path} and {cfg.eval_path}")
-            source = "local"
+        source = _auto_source(cfg, log)
     if source == "local":
         train_pool, eval_pool = _read_local_pools(cfg)
     else:

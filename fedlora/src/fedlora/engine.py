@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,9 +21,10 @@ from fedlora.client import ClientResult, local_update, resolve_train
 from fedlora.config import FAMILY_DEFAULTS, RunConfig
 from fedlora.data import Item, load_pools
 from fedlora.evaluation import evaluate
+from fedlora.files import check_folder_path
 from fedlora.geometry import round_geometry
 from fedlora.methods import Method, build_method
-from fedlora.models import add_lora, initial_state, load_base
+from fedlora.models import add_lora, initial_state, load_base, resolve_device
 from fedlora.partition import Partition, make_partition, partition_stats, sample_clients
 from fedlora.progress import Progress
 from fedlora.rundir import RunDir
@@ -31,12 +33,6 @@ from fedlora.state import AdapterState
 from fedlora.summary import summarize
 
 Log = Callable[[str], None]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass
@@ -72,7 +68,7 @@ def _load_model(cfg: RunConfig, device: torch.device, log: Log):
 def build_federation(cfg: RunConfig, log: Log = print) -> Federation:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)  # before the data: a missing GPU fails at once
     pools = load_pools(cfg.data, cfg.seed, log=log)
     partition = make_partition(pools.train, cfg.federation, cfg.seed, log=log)
     client_items = [[pools.train[i] for i in idx] for idx in partition.clients]
@@ -177,8 +173,12 @@ class RunRecorder:
     def __init__(self, fed: Federation, run_dir: RunDir, resume: bool, log: Log = print):
         self.fed, self.run_dir, self.log = fed, run_dir, log
         self.started = time.perf_counter()
-        checkpoint = run_dir.load_checkpoint() if resume else None
-        if not resume:
+        checkpoint, self.metrics = None, []
+        if resume:  # read (and check) everything before writing anything
+            run_dir.restore_swapped_folders()
+            checkpoint = run_dir.load_checkpoint()
+            self.metrics = run_dir.truncate_metrics(checkpoint[1]["round"] if checkpoint else -1, log)
+        else:
             run_dir.create(fed.cfg)
         run_dir.set_status("running")
         run_dir.write_json("partition.json", fed.partition_stats)
@@ -187,10 +187,8 @@ class RunRecorder:
             self.next_round = round_state["round"] + 1
             self.best = round_state["best"]
             self.elapsed = round_state["wall_s"]
-            self.metrics = run_dir.truncate_metrics(round_state["round"])
             log(f"resuming {run_dir.path} after round {round_state['round']}")
         else:
-            self.metrics = run_dir.truncate_metrics(-1) if resume else []
             self.state = initial_state(fed.model, fed.cfg.seed)
             self.next_round, self.best, self.elapsed = 1, {"accuracy": -1.0, "round": 0}, 0.0
             if fed.cfg.eval.zero_shot:
@@ -228,24 +226,33 @@ class RunRecorder:
 
 def train_federation(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
                      overwrite: bool = False, log: Log = print, progress: Progress | None = None) -> dict:
-    """Run (or, with resume=True, continue) one federated run in the folder `out`."""
+    """Run (or, with resume=True, continue) one federated run in the folder `out`.
+
+    The run folder is locked while this runs: a second process writing it is refused.
+    """
     run_dir = RunDir(out)
-    if resume:
-        cfg = run_dir.load_config()
-    elif not overwrite:
-        run_dir.check_free()
-    progress = progress or Progress(enabled=False)
-    # Data, partition and model first: bad input fails before any run folder is written or replaced.
-    fed = build_federation(cfg, log=log)
-    if overwrite and not resume:
-        run_dir.remove()
-    recorder = RunRecorder(fed, run_dir, resume, log)
-    try:
-        for round_idx in progress.rounds(range(recorder.next_round, cfg.rounds + 1), cfg.rounds):
-            state, record = run_round(fed, recorder.state, round_idx, progress)
-            recorder.record_round(state, record)
-            progress.report(record)
-        return recorder.finish(engine="in-process")
-    except BaseException as err:
-        run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
-        raise
+    with ExitStack() as held:
+        if resume:
+            cfg = run_dir.load_config()  # a folder that is not a run is refused before anything is written
+            held.enter_context(run_dir.lock())  # before the model loads: a second resume fails at once
+        elif not overwrite:
+            run_dir.check_free()
+        else:
+            check_folder_path(run_dir.path, "run folder")
+        progress = progress or Progress(enabled=False)
+        # Data, partition and model first: bad input fails before any run folder is written or replaced.
+        fed = build_federation(cfg, log=log)
+        if not resume:
+            held.enter_context(run_dir.lock())
+            if overwrite:
+                run_dir.clear()
+        recorder = RunRecorder(fed, run_dir, resume, log)
+        try:
+            for round_idx in progress.rounds(range(recorder.next_round, cfg.rounds + 1), cfg.rounds):
+                state, record = run_round(fed, recorder.state, round_idx, progress)
+                recorder.record_round(state, record)
+                progress.report(record)
+            return recorder.finish(engine="in-process")
+        except BaseException as err:
+            run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
+            raise

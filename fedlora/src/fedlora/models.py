@@ -9,13 +9,14 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     AutoConfig,
@@ -31,8 +32,10 @@ from transformers.models.auto.modeling_auto import (
 )
 from transformers.utils import logging as hf_logging
 
+from fedlora import hub
 from fedlora.adapters import head_modules, lora_layers, read_state
 from fedlora.config import FAMILY_DEFAULTS, LoraSection, ModelConfig
+from fedlora.files import temp_folder
 from fedlora.state import AdapterState
 
 Log = Callable[[str], None]
@@ -77,12 +80,62 @@ def offline_model_path(name: str) -> tuple[Path, str | None]:
     return folder, entry.gguf_file
 
 
+class ModelError(ValueError):
+    """A model that cannot be found or loaded; the message names model.name and the reason."""
+
+
 def resolve_source(cfg: ModelConfig) -> tuple[str, str | None]:
-    """(from_pretrained path or hub id, gguf file name or None) for a model config."""
+    """(from_pretrained path or hub id, gguf file name or None) for a model config.
+
+    A name that is a path (absolute, `./`, `../`, `~`) or not a valid hub id must be an
+    existing local folder: a typo in a path is never sent to the hub.
+    """
     if cfg.name in OFFLINE_MODELS:
         folder, gguf = offline_model_path(cfg.name)
         return str(folder), cfg.gguf_file or gguf
+    local = Path(cfg.name).expanduser()
+    if local.is_dir():
+        return str(local), cfg.gguf_file
+    if local.exists():
+        raise ModelError(f"model.name: {local} is a file; give the folder that holds the model "
+                         "(and a GGUF file's name in model.gguf_file)")
+    if cfg.name.startswith(("/", "./", "../", "~")) or not is_hub_id(cfg.name):
+        raise ModelError(f"model.name: local model folder {local} not found (and {cfg.name!r} is not a hub id)")
     return cfg.name, cfg.gguf_file
+
+
+def is_hub_id(name: str) -> bool:
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _hub_options(path: str, log: Log) -> dict:
+    """from_pretrained options: for a hub id whose hub does not answer, the cached copy only
+    (transformers would otherwise wait and retry for half a minute or more)."""
+    if Path(path).is_dir() or hub.offline_mode():  # offline mode: transformers reads the cache itself
+        return {}
+    reason = hub.unreachable_reason()
+    if reason is None:
+        return {}
+    log(f"model: the Hugging Face hub does not answer at {hub.endpoint()} ({reason}); "
+        f"looking for a cached copy of {path}")
+    return {"local_files_only": True}
+
+
+def _load_config(path: str, hub_options: dict, **kwargs) -> PretrainedConfig:
+    """The model's config: the first file read, so a model that cannot be found fails here."""
+    try:
+        return AutoConfig.from_pretrained(path, **hub_options, **kwargs)
+    except (OSError, ValueError) as err:  # transformers raises both for a missing or unusable config
+        if Path(path).is_dir():
+            raise ModelError(f"model.name: cannot load the model folder {path}: {str(err).splitlines()[0]}") from None
+        why = ("HF_HUB_OFFLINE is set" if hub.offline_mode() else
+               "the hub does not answer" if hub_options.get("local_files_only") else "the hub refused it")
+        raise ModelError(f"model.name: {path!r} is not a local folder and cannot be loaded from the hub ({why}; "
+                         f"{str(err).splitlines()[0]})") from None
 
 
 def detect_family(hf_config: PretrainedConfig) -> str:
@@ -104,9 +157,21 @@ def detect_family(hf_config: PretrainedConfig) -> str:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
+    """`auto` (CUDA when available, else CPU), or the named device if this machine has it."""
+    name = str(device)
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: {name!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} but CUDA is not available on this machine (torch "
+                             f"{torch.__version__}); use device=cpu or device=auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def _gguf_cache_folder(cfg: ModelConfig, gguf_path: Path) -> Path:
@@ -127,8 +192,7 @@ def _convert_gguf(path: str, gguf_file: str, family: str, target: Path, log: Log
     model = auto.from_pretrained(path, gguf_file=gguf_file, dtype=torch.float32,
                                  quantization_config=GgufConfig(dequantize=True))
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp = temp_folder(target.parent, target.name)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -156,19 +220,20 @@ def load_base(cfg: ModelConfig, device: str | torch.device = "cpu", log: Log = p
     """Load tokenizer + base model of the configured family on `device`."""
     device = resolve_device(device)
     path, gguf_file = resolve_source(cfg)
+    hub_options = _hub_options(path, log)
     if gguf_file:
         gguf_path = Path(path) / gguf_file if not os.path.isabs(gguf_file) else Path(gguf_file)
         if not gguf_path.is_file():
-            raise FileNotFoundError(f"model.gguf_file: {gguf_path} not found")
+            raise FileNotFoundError(f"model.gguf_file: {gguf_path} not found (GGUF files are read from local folders)")
         cached = _gguf_cache_folder(cfg, gguf_path)
         if not (cached / "config.json").is_file():
             family = cfg.family if cfg.family != "auto" else detect_family(
-                AutoConfig.from_pretrained(path, gguf_file=gguf_file))
+                _load_config(path, hub_options, gguf_file=gguf_file))
             _convert_gguf(path, gguf_file, family, cached, log)
         else:
             log(f"loading the converted {gguf_file} from {cached}")
-        path = str(cached)
-    hf_config = AutoConfig.from_pretrained(path)
+        path, hub_options = str(cached), {}
+    hf_config = _load_config(path, hub_options)
     family = cfg.family if cfg.family != "auto" else detect_family(hf_config)
     auto = AutoModelForCausalLM if family == "decoder" else AutoModelForMultipleChoice
     quant = _quantization_kwargs(cfg, device)
@@ -178,7 +243,7 @@ def load_base(cfg: ModelConfig, device: str | torch.device = "cpu", log: Log = p
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model = auto.from_pretrained(path, dtype=getattr(torch, cfg.dtype), **quant)
+        model = auto.from_pretrained(path, dtype=getattr(torch, cfg.dtype), **quant, **hub_options)
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
@@ -192,7 +257,7 @@ def load_base(cfg: ModelConfig, device: str | torch.device = "cpu", log: Log = p
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **hub_options)
     if family == "decoder" and tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Loaded(model=model, tokenizer=tokenizer, family=family)

@@ -1,7 +1,6 @@
 """PNG plots: one per metric family for a run, and method comparisons for a sweep."""
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from fedlora.files import atomic_open  # noqa: E402
 
 FAMILIES = {
     "accuracy": [("accuracy", "eval accuracy")],
@@ -31,11 +32,11 @@ def _value(record: dict, key: str):
 def _save(fig, path: Path) -> None:
     for ax in fig.axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def plot_run(metrics: list[dict], folder: Path, title: str = "") -> list[Path]:

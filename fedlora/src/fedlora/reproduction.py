@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from fedlora.files import atomic_write_text
 from fedlora.plots import _slug, plot_comparison
-from fedlora.rundir import RunDir, atomic_write_text
+from fedlora.rundir import RunDir
 from fedlora.summary import METHOD_LABELS, TABLE_COLUMNS, _cell, _num
 
 INTERPRETATION = ("What these numbers say, with their uncertainty, is written by hand in [README.md](README.md) "

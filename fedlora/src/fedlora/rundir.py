@@ -9,39 +9,53 @@ Layout of one run folder:
     checkpoint/            global adapter + head (safetensors) and round state, for `resume`
     adapter_best/ adapter_final/   PEFT format, loadable with PeftModel.from_pretrained
     plots/*.png            accuracy, loss, geometry per round
+    .lock                  PID of the process writing the folder (see lock.py)
+
+Files are replaced atomically and folders swapped (files.py), so a run killed at any moment
+resumes from its last complete checkpoint and replays the rounds after it bit-identically.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import yaml
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from fedlora.config import RunConfig, config_from_dict, dump_config
+from fedlora.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_folder_path,
+    replacing_folder,
+    restore_folder,
+    swapped_folder_exists,
+)
+from fedlora.lock import LOCK_NAME, folder_lock
 from fedlora.state import AdapterState
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+# Folders replaced whole after each round or at the end (see files.swap_folder).
+SWAPPED_FOLDERS = ("checkpoint", "adapter_best", "adapter_final")
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+class RunDirError(ValueError):
+    """A run folder that cannot be used as asked; the message names the file."""
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: Path, what: str) -> Any:
+    """JSON from `path`; a damaged file raises RunDirError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # JSON and UTF-8 errors alike
+        raise RunDirError(f"{what} {path} is damaged (not valid JSON: {err})") from None
 
 
 class RunDir:
@@ -50,14 +64,28 @@ class RunDir:
 
     # -- life cycle -------------------------------------------------------------------------
     def check_free(self) -> None:
-        if self.path.exists() and any(self.path.iterdir()):
+        check_folder_path(self.path, "run folder")
+        if self.path.exists() and any(p.name != LOCK_NAME for p in self.path.iterdir()):
             raise FileExistsError(
                 f"run folder {self.path} is not empty; use `fedlora resume {self.path}` to continue "
                 "it or pass --overwrite to start again"
             )
 
-    def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Only one process writes a run folder (a second `resume` is refused, naming the PID)."""
+        with folder_lock(self.path, "run folder"):
+            yield
+
+    def clear(self) -> None:
+        """Remove the folder's contents but keep its lock file (held by the caller)."""
+        for entry in self.path.iterdir():
+            if entry.name == LOCK_NAME:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
     def create(self, cfg: RunConfig) -> None:
         """Start a fresh run folder; refuses to clobber an existing run."""
@@ -65,13 +93,23 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.set_status("running")
         atomic_write_text(self.path / "config.yaml", dump_config(cfg))
-        (self.path / "metrics.jsonl").write_text("")
+        atomic_write_text(self.path / "metrics.jsonl", "")
 
     def load_config(self) -> RunConfig:
+        check_folder_path(self.path, "run folder")
         file = self.path / "config.yaml"
         if not file.is_file():
             raise FileNotFoundError(f"{self.path} is not a run folder (no config.yaml)")
-        return config_from_dict(yaml.safe_load(file.read_text()), str(file))
+        try:
+            tree = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise RunDirError(f"{file} is damaged (not valid YAML: {err})") from None
+        return config_from_dict(tree if isinstance(tree, dict) else {}, str(file))
+
+    def restore_swapped_folders(self) -> None:
+        """Undo the effect of a kill in the middle of a folder swap (see files.swap_folder)."""
+        for name in SWAPPED_FOLDERS:
+            restore_folder(self.path / name)
 
     def set_status(self, status: str, **extra: Any) -> None:
         atomic_write_json(self.path / "status.json", {"status": status, **extra})
@@ -79,7 +117,7 @@ class RunDir:
     @property
     def status(self) -> str:
         file = self.path / "status.json"
-        return read_json(file)["status"] if file.is_file() else "missing"
+        return read_json(file, "run status file")["status"] if file.is_file() else "missing"
 
     @property
     def is_complete(self) -> bool:
@@ -92,45 +130,84 @@ class RunDir:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def read_metrics(self) -> list[dict]:
+    def _parse_metrics(self) -> tuple[list[dict], bool]:
+        """(records, whether a torn last line was skipped).
+
+        A last line without its newline that does not parse is a record cut by a kill (or
+        being written right now): it is skipped, and the round is replayed from the checkpoint.
+        A bad line anywhere else is damage and raises, naming file and line.
+        """
         file = self.path / "metrics.jsonl"
         if not file.is_file():
-            return []
-        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+            return [], False
+        *lines, tail = file.read_bytes().split(b"\n")
+        records = []
+        for lineno, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError as err:  # JSON and UTF-8 errors alike
+                    raise RunDirError(f"{file}:{lineno}: damaged metrics line ({err})") from None
+        if tail.strip():
+            try:
+                records.append(json.loads(tail))
+            except ValueError:
+                return records, True
+        return records, False
 
-    def truncate_metrics(self, last_round: int) -> list[dict]:
+    def read_metrics(self) -> list[dict]:
+        return self._parse_metrics()[0]
+
+    def truncate_metrics(self, last_round: int, log: Callable[[str], Any] = print) -> list[dict]:
         """Keep the rounds up to `last_round` (those the checkpoint covers); drop the rest."""
-        kept = [m for m in self.read_metrics() if m["round"] <= last_round]
+        records, torn = self._parse_metrics()
+        if torn:
+            log(f"{self.path / 'metrics.jsonl'}: dropped a partly written last line (the run was "
+                "interrupted while writing it); the checkpoint's rounds are kept")
+        kept = [m for m in records if m["round"] <= last_round]
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
         return kept
 
     # -- checkpoint --------------------------------------------------------------------------
     def save_checkpoint(self, state: AdapterState, round_state: dict) -> None:
         """Global adapter + head + round state, written to a temp folder then swapped in."""
-        final = self.path / "checkpoint"
-        tmp = Path(tempfile.mkdtemp(dir=self.path, prefix=".checkpoint."))
         flat = state.flat_dict()
-        # safetensors sorts keys; the metadata keeps the layer order so sums over layers replay exactly.
-        save_file({k: v.detach().cpu().contiguous() for k, v in flat.items()},
-                  str(tmp / "global.safetensors"), metadata={"order": json.dumps(list(flat))})
-        torch.save({"torch_rng": torch.get_rng_state()}, tmp / "rng.pt")
-        atomic_write_json(tmp / "round.json", round_state)
-        old = self.path / ".checkpoint.old"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        with replacing_folder(self.path / "checkpoint") as tmp:
+            # safetensors sorts keys; the metadata keeps the layer order so sums over layers replay exactly.
+            # (as bytes through our helper: safetensors' own save_file leaves the file owner-only)
+            data = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in flat.items()},
+                                     metadata={"order": json.dumps(list(flat))})
+            atomic_write_bytes(tmp / "global.safetensors", data)
+            torch.save({"torch_rng": torch.get_rng_state()}, tmp / "rng.pt")
+            atomic_write_json(tmp / "round.json", round_state)
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return swapped_folder_exists(self.path / "checkpoint")
 
     def load_checkpoint(self) -> tuple[AdapterState, dict] | None:
+        """The last checkpoint, None when the run has none yet; a damaged one raises naming the file."""
         folder = self.path / "checkpoint"
-        if not (folder / "round.json").is_file():
+        restore_folder(folder)
+        if not folder.exists():
             return None
-        file = str(folder / "global.safetensors")
-        with safe_open(file, framework="pt") as fh:
-            order = json.loads(fh.metadata()["order"])
-        tensors = load_file(file)
-        state = AdapterState.from_flat_dict({k: tensors[k] for k in order})
-        return state, read_json(folder / "round.json")
+        round_file, tensor_file = folder / "round.json", folder / "global.safetensors"
+        for file in (round_file, tensor_file):
+            if not file.is_file():
+                raise RunDirError(f"checkpoint file {file} is missing; the checkpoint is damaged. "
+                                  f"Start again with `fedlora run --overwrite --out {self.path}`")
+        round_state = read_json(round_file, "checkpoint file")
+        if not isinstance(round_state, dict) or not {"round", "best", "wall_s"} <= set(round_state):
+            raise RunDirError(f"checkpoint file {round_file} is damaged: expected the keys round, best, wall_s")
+        try:
+            with safe_open(str(tensor_file), framework="pt") as fh:
+                order = json.loads(fh.metadata()["order"])
+            tensors = load_file(str(tensor_file))
+            state = AdapterState.from_flat_dict({k: tensors[k] for k in order})
+        except (SafetensorError, OSError, KeyError, TypeError, ValueError) as err:
+            raise RunDirError(f"checkpoint file {tensor_file} is damaged ({type(err).__name__}: {err}). "
+                              f"Start again with `fedlora run --overwrite --out {self.path}`") from None
+        return state, round_state
 
     # -- end of run --------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> None:
@@ -141,4 +218,4 @@ class RunDir:
         self.set_status("complete")
 
     def read_summary(self) -> dict:
-        return read_json(self.path / "summary.json")
+        return read_json(self.path / "summary.json", "run summary")

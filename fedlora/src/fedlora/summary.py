@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedlora.files import atomic_write_text
+
 # Columns of results.csv (one row per run), in order.
 RESULT_COLUMNS = [
     "model", "method", "seed", "best_accuracy", "best_round", "mean_last5_accuracy",
@@ -55,8 +57,6 @@ def write_results_csv(rows: list[dict], path: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    from fedlora.rundir import atomic_write_text
-
     atomic_write_text(path, buf.getvalue())
 
 

@@ -6,9 +6,11 @@ from typing import Callable
 
 from fedlora.config import RunConfig
 from fedlora.engine import train_federation
+from fedlora.files import atomic_write_text
+from fedlora.lock import folder_lock
 from fedlora.plots import _slug, plot_comparison
 from fedlora.progress import Progress
-from fedlora.rundir import RunDir, atomic_write_text
+from fedlora.rundir import RunDir
 from fedlora.summary import markdown_table, read_results_csv, write_results_csv
 
 Log = Callable[[str], None]
@@ -20,26 +22,34 @@ def run_folder(sweep_dir: Path, model: str, method: str, seed: int) -> Path:
 
 def sweep(base: RunConfig, out: str | Path, methods: list[str], seeds: list[int],
           models: list[str] | None = None, log: Log = print, progress: bool = False) -> Path:
-    """Run every (model, method, seed); complete runs are kept, interrupted ones resumed."""
+    """Run every (model, method, seed); complete runs are kept, interrupted ones resumed.
+
+    The sweep folder is locked while this runs: a second sweep into it is refused.
+    """
     out = Path(out)
-    for model in models or [base.model.name]:
-        for seed in seeds:
-            for method in methods:
-                cfg = base.model_copy(deep=True)
-                cfg.model.name = model
-                cfg.method.name = method
-                cfg.seed = seed
-                folder = run_folder(out, model, method, seed)
-                run = RunDir(folder)
-                if run.is_complete:
-                    log(f"[skip] {folder} is complete")
-                    continue
-                resume = (folder / "checkpoint").exists()
-                log(f"[run] model={model} method={method} seed={seed} -> {folder}")
-                bar = Progress(enabled=progress, label=f"{method}/s{seed}")
-                train_federation(cfg, folder, resume=resume, overwrite=not resume, log=log, progress=bar)
-    report(out)
+    with folder_lock(out, "sweep folder"):
+        for model in models or [base.model.name]:
+            for seed in seeds:
+                for method in methods:
+                    _sweep_run(base, out, model, method, seed, log, progress)
+        report(out)
     return out
+
+
+def _sweep_run(base: RunConfig, out: Path, model: str, method: str, seed: int, log: Log, progress: bool) -> None:
+    cfg = base.model_copy(deep=True)
+    cfg.model.name = model
+    cfg.method.name = method
+    cfg.seed = seed
+    folder = run_folder(out, model, method, seed)
+    run = RunDir(folder)
+    if run.is_complete:
+        log(f"[skip] {folder} is complete")
+        return
+    resume = run.has_checkpoint
+    log(f"[run] model={model} method={method} seed={seed} -> {folder}")
+    bar = Progress(enabled=progress, label=f"{method}/s{seed}")
+    train_federation(cfg, folder, resume=resume, overwrite=not resume, log=log, progress=bar)
 
 
 def collect(sweep_dir: Path) -> list[dict]:

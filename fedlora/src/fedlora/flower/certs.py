@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedlora.files import atomic_open
 
 VALID_DAYS = 30
 
@@ -35,13 +36,9 @@ class NodeKeys:
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    """Write atomically; private keys readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as fh:
+    """Write atomically; private keys readable by the owner only, whatever the umask."""
+    with atomic_open(path, "wb", private=private) as fh:
         fh.write(data)
-    os.replace(tmp, path)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:

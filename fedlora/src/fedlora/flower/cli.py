@@ -10,9 +10,9 @@ from typing import List, Optional
 
 import typer
 
-from fedlora.cli import _fail, _log
+from fedlora.cli import _fail, _log, user_errors
 
-flower_app = typer.Typer(add_completion=False, no_args_is_help=True,
+flower_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                          help="Run fedlora on Flower: local simulation or SuperLink + SuperNodes on 127.0.0.1.")
 
 
@@ -50,14 +50,13 @@ def simulate(config: Path = typer.Argument(..., help="YAML config"), set_: Optio
              cpus_per_client: int = typer.Option(1, help="CPUs Ray reserves per virtual client"),
              verbose: bool = VERBOSE) -> None:
     """N virtual clients on Flower's simulation engine (a simulation SuperLink + `flwr run`)."""
-    from fedlora.config import ConfigError
     from fedlora.flower.run import FlowerRunFailed, flower_simulate
 
     try:
         cfg, out = _setup(config, set_, out, "flower-sim", verbose)
         summary = flower_simulate(cfg, out, timeout_s=timeout, cpus_per_client=cpus_per_client, log=_log,
                                   min_replies=min_replies, round_timeout_s=round_timeout, client_eval=client_eval)
-    except (ConfigError, ValueError, FileExistsError, FileNotFoundError, FlowerRunFailed, TimeoutError) as err:
+    except (*user_errors(), FlowerRunFailed) as err:
         _fail(err)
     _report(summary, out)
 
@@ -72,14 +71,13 @@ def deploy(config: Path = typer.Argument(..., help="YAML config"), set_: Optiona
            min_replies: int = MIN_REPLIES, round_timeout: float = ROUND_TIMEOUT, timeout: float = TIMEOUT,
            client_eval: bool = CLIENT_EVAL, verbose: bool = VERBOSE) -> None:
     """One SuperLink and one SuperNode per client as processes on 127.0.0.1, then `flwr run`."""
-    from fedlora.config import ConfigError
     from fedlora.flower.run import FlowerRunFailed, flower_deploy
 
     try:
         cfg, out = _setup(config, set_, out, "flower-deploy", verbose)
         summary = flower_deploy(cfg, out, nodes=nodes, tls=tls, auth=auth, timeout_s=timeout, log=_log,
                                 min_replies=min_replies, round_timeout_s=round_timeout, client_eval=client_eval)
-    except (ConfigError, ValueError, FileExistsError, FileNotFoundError, FlowerRunFailed, TimeoutError) as err:
+    except (*user_errors(), FlowerRunFailed) as err:
         _fail(err)
     _report(summary, out)
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import tomli_w
 
+from fedlora.files import atomic_write_text
 from fedlora.flower.certs import NodeKeys, TlsFiles, make_node_keys, make_tls_certs
 from fedlora.flower.settings import default_run_config
 
@@ -62,14 +63,8 @@ def write_app(folder: str | Path) -> Path:
     """Write the Flower app folder (the components live in the installed fedlora package)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_text(folder / "pyproject.toml", app_pyproject())
+    atomic_write_text(folder / "pyproject.toml", app_pyproject())
     return folder
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def free_port() -> int:
@@ -308,7 +303,7 @@ class LocalFederation:
             conn["insecure"] = True
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         path = self.flwr_home / "config.toml"
-        _atomic_text(path, tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}}))
+        atomic_write_text(path, tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}}))
         return path
 
     # -- SuperNodes ---------------------------------------------------------------------------
@@ -351,7 +346,7 @@ class LocalFederation:
                federation_config: dict[str, Any] | None = None) -> int:
         """`flwr run` the app with `run_config` (written to a TOML file); the new run's id."""
         overrides = self.workdir / f"run-config-{time.monotonic_ns()}.toml"
-        _atomic_text(overrides, tomli_w.dumps(run_config))
+        atomic_write_text(overrides, tomli_w.dumps(run_config))
         args = ["run", str(app_dir), CONNECTION, "--run-config", str(overrides)]
         for key, value in (federation_config or {}).items():
             args += ["--federation-config", f"{key}={json.dumps(value)}"]

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Callable
 
 from fedlora.config import RunConfig
+from fedlora.files import atomic_write_json
 from fedlora.flower.deploy import LocalFederation, RunStatus, write_app
 from fedlora.flower.settings import FlowerSettings, to_run_config
-from fedlora.rundir import RunDir, atomic_write_json
+from fedlora.rundir import RunDir
 
 Log = Callable[[str], None]
 

@@ -221,21 +221,23 @@ def run_server(grid: Grid, cfg, settings: FlowerSettings) -> dict:
     run_dir = RunDir(settings.out_dir)
     run_dir.check_free()
     fed = build_federation(cfg, log=log.info)
-    recorder = RunRecorder(fed, run_dir, resume=False, log=log.info)
-    try:
-        polling = PollingGrid(grid, settings.poll_interval_s)
-        started = time.perf_counter()
-        node_of_client = discover_nodes(polling, cfg.federation.num_clients, settings)
-        discovery_s = time.perf_counter() - started
-        strategy = FedLoraStrategy(fed, settings, recorder, node_of_client)
-        strategy.start(grid=polling, initial_arrays=state_to_arrays(recorder.state), num_rounds=cfg.rounds,
-                       timeout=settings.round_timeout_s)
-        failed = sorted({k for m in recorder.metrics for k in m.get("failed_clients", [])})
-        return recorder.finish(engine=settings.engine, nodes={str(k): n for k, n in sorted(node_of_client.items())},
-                               node_discovery_s=discovery_s, clients_ever_failed=failed)
-    except BaseException as err:
-        run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
-        raise
+    with run_dir.lock():  # one writer per run folder, as in the in-process engine
+        recorder = RunRecorder(fed, run_dir, resume=False, log=log.info)
+        try:
+            polling = PollingGrid(grid, settings.poll_interval_s)
+            started = time.perf_counter()
+            node_of_client = discover_nodes(polling, cfg.federation.num_clients, settings)
+            discovery_s = time.perf_counter() - started
+            strategy = FedLoraStrategy(fed, settings, recorder, node_of_client)
+            strategy.start(grid=polling, initial_arrays=state_to_arrays(recorder.state), num_rounds=cfg.rounds,
+                           timeout=settings.round_timeout_s)
+            failed = sorted({k for m in recorder.metrics for k in m.get("failed_clients", [])})
+            return recorder.finish(engine=settings.engine,
+                                   nodes={str(k): n for k, n in sorted(node_of_client.items())},
+                                   node_discovery_s=discovery_s, clients_ever_failed=failed)
+        except BaseException as err:
+            run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
+            raise
 
 
 app = ServerApp()
