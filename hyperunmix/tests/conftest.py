@@ -20,8 +20,8 @@ try:
 except ImportError:  # torch is a dependency; this only keeps data tests importable without it
     pass
 
-from hyperunmix.data import Scene  # noqa: E402
 from hyperunmix.datasets import DATA_ENV, SCENE_SUBDIR, data_dir  # noqa: E402
+from hyperunmix.scene import Scene  # noqa: E402
 
 
 def require_scene_file(filename: str):

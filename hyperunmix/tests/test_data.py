@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import scipy.io
 
-from hyperunmix.data import Scene, SceneError, load_scene, save_scene_npz
 from hyperunmix.datasets import DATA_ENV, list_datasets, load_dataset
+from hyperunmix.loaders import load_scene
+from hyperunmix.scene import Scene, save_scene_npz
+from hyperunmix.validation import SceneError
 
 H, W, L, P = 7, 11, 9, 3  # non-square on purpose: a row/column mix-up changes the pixels
 
@@ -198,7 +200,7 @@ def test_missing_file_and_unknown_formats(tmp_path, monkeypatch):
     with pytest.raises(SceneError, match="not found"):
         load_scene(tmp_path / "absent.mat")
     (tmp_path / "scene.tif").write_bytes(b"\0")
-    with pytest.raises(SceneError, match="unsupported file type '.tif'"):
+    with pytest.raises(SceneError, match="GDAL cannot read it as a raster"):
         load_scene(tmp_path / "scene.tif")
     monkeypatch.setenv(DATA_ENV, str(tmp_path))
     with pytest.raises(SceneError, match=r"needs the file Urban_R162.mat"):

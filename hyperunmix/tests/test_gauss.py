@@ -7,7 +7,7 @@ import torch
 from hyperunmix import make_method
 from hyperunmix.ablation import parse_seeds
 from hyperunmix.datasets import load_dataset
-from hyperunmix.methods.gauss import GAUSS, GAUSSBlind, GAUSSPrime
+from hyperunmix.methods.gauss import GAUSS
 from hyperunmix.methods.networks import ApproximationNetwork, MixingNetwork
 from hyperunmix.methods.patches import extract_patches, iter_image_tiles, iter_patch_tiles
 from hyperunmix.metrics import score
@@ -114,18 +114,18 @@ def test_variants_constraints_shapes_and_tiled_transform(tiny_scene, name):
 
 
 def test_smoothness_term_uses_right_and_lower_neighbours(tiny_scene):
-    model = GAUSSBlind(3, random_state=0, stage2_epochs=2, smooth_weight=1.0, **FAST).fit(tiny_scene.cube)
+    model = GAUSS(3, variant="blind", random_state=0, stage2_epochs=2, smooth_weight=1.0, **FAST).fit(tiny_scene.cube)
     # 12 x 10 scene: pixel 0 -> right 1, down 10; last column / row reflect inwards.
     got = model._neighbours(torch.tensor([0, 9, 119]))
     assert got.tolist() == [1, 8, 118, 10, 19, 109]
     smoothness = model.history_["stage2_smoothness"]
     assert len(smoothness) == 2 and all(v > 0 for v in smoothness)
-    plain = GAUSSBlind(3, random_state=0, stage2_epochs=2, **FAST).fit(tiny_scene.cube)
+    plain = GAUSS(3, variant="blind", random_state=0, stage2_epochs=2, **FAST).fit(tiny_scene.cube)
     assert not np.allclose(plain.abundances_, model.abundances_)
 
 
 def test_same_seed_same_numbers_different_seed_differs(tiny_scene):
-    fit = lambda seed: GAUSSBlind(3, random_state=seed, stage2_epochs=2, **FAST).fit(tiny_scene.cube)
+    fit = lambda seed: GAUSS(3, variant="blind", random_state=seed, stage2_epochs=2, **FAST).fit(tiny_scene.cube)
     a, b, c = fit(4), fit(4), fit(5)
     np.testing.assert_array_equal(a.endmembers_, b.endmembers_)
     np.testing.assert_array_equal(a.abundances_, b.abundances_)
@@ -135,7 +135,7 @@ def test_same_seed_same_numbers_different_seed_differs(tiny_scene):
 def test_prime_targets_are_aligned_with_stage1_order(tiny_scene):
     # Oracle abundances as prime targets, in the truth's order: alignment must map them onto
     # the stage-1 UN's (k-means) order, so the two agree on most pixels' dominant material.
-    model = GAUSSPrime(3, random_state=0, prime_method="oracle-fcls",
+    model = GAUSS(3, variant="prime", random_state=0, prime_method="oracle-fcls",
                        prime_params={"endmembers": tiny_scene.E}, stage2_epochs=1,
                        **dict(FAST, an_epochs=10, un_epochs=10)).fit(tiny_scene.cube)
     targets = model.prime_targets_.numpy()
@@ -151,7 +151,7 @@ def test_bad_parameters_are_named(tiny_scene):
         with pytest.raises(ValueError, match=key):
             GAUSS(3, **{key: value}).fit(tiny_scene.cube)
     with pytest.raises(ValueError, match="stage2_mse_weight and sad_weight"):
-        GAUSSBlind(3, random_state=0, sad_weight=0.0, stage2_epochs=1, **FAST).fit(tiny_scene.cube)
+        GAUSS(3, variant="blind", random_state=0, sad_weight=0.0, stage2_epochs=1, **FAST).fit(tiny_scene.cube)
     with pytest.raises(RuntimeError, match="not fitted"):
         GAUSS(3).transform(tiny_scene.cube)
     model = GAUSS(3, random_state=0, **FAST).fit(tiny_scene.cube)
@@ -167,7 +167,7 @@ def test_parse_seeds():
 
 def test_gauss_blind_recovers_synthetic_endmembers():
     scene = load_dataset("synthetic")  # 64 x 80, p = 4, SNR 30 dB, procedural library
-    model = GAUSSBlind(scene.p, random_state=0).fit(scene.cube)
+    model = GAUSS(scene.p, variant="blind", random_state=0).fit(scene.cube)
     result = score(model.endmembers_, model.abundances_, scene.E, scene.A)
     # Measured 1.35 deg / 0.049 (stage-1 GAUSS alone: ~5 deg on Samson, see docs/ablation.md).
     assert result["mean_sad_deg"] < 2.5
@@ -176,7 +176,7 @@ def test_gauss_blind_recovers_synthetic_endmembers():
 
 def test_gauss_blind_on_samson_seed0():
     scene = load_dataset("samson")
-    model = GAUSSBlind(3, random_state=0).fit(scene.cube)
+    model = GAUSS(3, variant="blind", random_state=0).fit(scene.cube)
     result = score(model.endmembers_, model.abundances_, scene.E, scene.A)
     # Measured 2.31 deg / 0.114 (2 threads); N-FINDR+FCLS 4.02 / 0.323, the autoencoder ~3.9 /
     # 0.130, stage-1 GAUSS 5.3 / 0.35; FCLSU with the true endmembers 0.168 (the non-spatial floor).

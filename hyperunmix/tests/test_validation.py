@@ -10,8 +10,9 @@ import scipy.io
 from sklearn.utils._param_validation import InvalidParameterError
 
 from hyperunmix import make_method
-from hyperunmix.data import SceneError, SceneWarning, load_scene
-from hyperunmix.methods import METHODS, method_class
+from hyperunmix.loaders import load_scene
+from hyperunmix.methods import METHODS
+from hyperunmix.validation import SceneError, SceneWarning
 
 
 def mixed_cube(H: int = 5, W: int = 6, L: int = 8, seed: int = 0) -> np.ndarray:
@@ -144,7 +145,7 @@ BAD_PARAMS = [
 
 @pytest.mark.parametrize("name, key, value, expected", BAD_PARAMS)
 def test_bad_parameter_named_with_expected_and_got(name, key, value, expected):
-    model = method_class(name)(n_endmembers=3, **{key: value})
+    model = make_method(name, n_endmembers=3, **{key: value})
     with pytest.raises(InvalidParameterError) as caught:
         model.fit(mixed_cube())
     text = str(caught.value)

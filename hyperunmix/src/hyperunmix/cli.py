@@ -1,4 +1,4 @@
-"""Command line: `hyperunmix run | bench | datasets | show`.
+"""Command line: `hyperunmix run | estimate | bench | datasets | show`.
 
 Expected user errors (bad input files, parameters, configs, output folders) end the command with
 one line `error: ...` on stderr and exit code 2, like typer's own usage errors; anything else is a
@@ -6,6 +6,7 @@ bug and shows its traceback (without local variables, which can hold whole scene
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Hyperspectral unmixing: GAUSS and the classic baselines.")
 console = Console()
 USAGE_EXIT_CODE = 2  # what typer (click) returns for a usage error
+
+
+class EchoHandler(logging.Handler):
+    """Log lines (bands dropped, the HySime estimate) to stderr as plain text; the stream is
+    looked up per line, so it follows whatever stderr is when the line is written."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(self.format(record), err=True)
+
+
+@app.callback()
+def show_log_lines() -> None:
+    logger = logging.getLogger("hyperunmix")
+    if not any(isinstance(h, EchoHandler) for h in logger.handlers):
+        logger.addHandler(EchoHandler())
+    logger.setLevel(logging.INFO)
 
 
 def one_line(text: str) -> str:
@@ -60,6 +77,16 @@ def split_list(text: str | None) -> list[str] | None:
     return None if text is None else [item.strip() for item in text.split(",") if item.strip()]
 
 
+def parse_endmembers(text: str | None) -> int | str | None:
+    """'--endmembers 4' -> 4, 'auto' -> 'auto'."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--endmembers expects a whole number or 'auto', got {text!r}") from None
+
+
 def describe(err: Exception) -> str:
     if isinstance(err, ValidationError):  # pydantic: one clause per bad field
         return "bad config: " + "; ".join(
@@ -86,31 +113,63 @@ def user_errors() -> Iterator[None]:
 @app.command()
 def run(
     dataset: Optional[str] = typer.Option(None, help="dataset name (see `hyperunmix datasets`)"),
+    input_: Optional[Path] = typer.Option(None, "--input",
+                                          help="scene file: .mat, .npz/.npy, ENVI (.hdr), GeoTIFF or other raster"),
     method: Optional[str] = typer.Option(None, help="method name, e.g. gauss, vca-fcls"),
+    endmembers: Optional[str] = typer.Option(None, help="number of endmembers, or 'auto' (HySime estimate); "
+                                                        "default: the scene's ground truth"),
+    drop_bands: Optional[str] = typer.Option(None, help="bands to drop: '1350-1450nm,1800-1950nm' or '0-5,100-110'"),
     seed: Optional[int] = typer.Option(None, help="random seed"),
     set_: list[str] = typer.Option([], "--set", help="method parameter key=value (repeatable)"),
-    out: Optional[Path] = typer.Option(None, help="run directory (default runs/DATASET-METHOD-seedN)"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/SCENE-METHOD-seedN)"),
     config: Optional[Path] = typer.Option(None, help="YAML with dataset, method, seed, params"),
     figures: bool = typer.Option(True, help="write figures"),
     overwrite: bool = typer.Option(False, help="replace a run already in the output folder"),
 ) -> None:
-    """Fit one method on one dataset; write estimates.mat, metrics.json, config.yaml, figures."""
-    from hyperunmix.datasets import load_dataset
+    """Fit one method on a dataset or a file; write estimates.mat, abundances.tif, endmembers.csv,
+    metrics.json, config.yaml, figures."""
+    from hyperunmix.datasets import open_scene
     from hyperunmix.run import RunConfig, run_method
 
     with user_errors():
         values = read_config(config)
-        overrides = {"dataset": dataset, "method": method, "seed": seed}
+        overrides = {"dataset": dataset, "input": None if input_ is None else str(input_), "method": method,
+                     "seed": seed, "endmembers": parse_endmembers(endmembers)}
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["params"] = {**(values.get("params") or {}), **parse_sets(set_)}
+        if drop_bands is not None:
+            values["dataset_options"] = {**(values.get("dataset_options") or {}), "drop_bands": drop_bands}
         cfg = RunConfig(**values)
-        out = out or Path("runs") / f"{cfg.dataset}-{cfg.method}-seed{cfg.seed}"
-        scene = load_dataset(cfg.dataset, **cfg.dataset_options)
-        with console.status(f"fitting {cfg.method} on {cfg.dataset} (seed {cfg.seed})"):
+        scene = open_scene(cfg.dataset, cfg.input, **cfg.dataset_options)
+        out = out or Path("runs") / f"{scene.name}-{cfg.method}-seed{cfg.seed}"
+        with console.status(f"fitting {cfg.method} on {scene.name} (seed {cfg.seed})"):
             metrics = run_method(scene, cfg.method, cfg.seed, cfg.params, out, figures=figures,
-                                 dataset_options=cfg.dataset_options, overwrite=overwrite)
+                                 dataset_options=cfg.dataset_options, overwrite=overwrite,
+                                 n_endmembers=cfg.endmembers, input_path=cfg.input)
     print_metrics(metrics)
     console.print(f"written to [bold]{out}[/bold]")
+
+
+@app.command()
+def estimate(
+    scene_file: Path = typer.Argument(..., help="scene file (any format `run --input` reads)"),
+    out: Optional[Path] = typer.Option(None, help="folder for eigenvalues.png (default runs/SCENE-estimate)"),
+    drop_bands: Optional[str] = typer.Option(None, help="bands to drop: '1350-1450nm,1800-1950nm' or '0-5,100-110'"),
+    false_alarm: float = typer.Option(1e-3, help="false-alarm probability of the HFC / NWHFC test"),
+) -> None:
+    """How many materials: HySime, HFC and NWHFC estimates, and their eigenvalue plot."""
+    from hyperunmix.estimate import estimate_all
+    from hyperunmix.figures import estimate_plot
+    from hyperunmix.loaders import load_scene
+
+    with user_errors():
+        scene = load_scene(scene_file, drop_bands=drop_bands)
+        results = estimate_all(scene.Y, false_alarm)
+        for name, result in results.items():
+            typer.echo(f"{name}: {result.n_endmembers}")
+        path = estimate_plot(results, (out or Path("runs") / f"{scene.name}-estimate") / "eigenvalues.png",
+                             scene.name)
+    console.print(f"eigenvalue plot: [bold]{path}[/bold]")
 
 
 @app.command()
@@ -189,8 +248,8 @@ def print_metrics(metrics: dict) -> None:
     table = Table(title=f"{metrics.get('method')} on {metrics.get('dataset')} (seed {metrics.get('seed')})")
     table.add_column("metric")
     table.add_column("value")
-    for key in ("mean_sad_deg", "sad_deg", "armse", "armse_per_endmember", "sre_db", "reconstruction_rmse",
-                "fit_time_s", "matching"):
+    for key in ("n_endmembers", "hysime_estimate", "mean_sad_deg", "sad_deg", "armse", "armse_per_endmember",
+                "sre_db", "reconstruction_rmse", "fit_time_s", "matching"):
         if key in metrics:
             value = metrics[key]
             text = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value) \

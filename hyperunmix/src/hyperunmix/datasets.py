@@ -5,7 +5,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyperunmix.data import Scene, SceneError, load_scene
+from hyperunmix.loaders import load_scene
+from hyperunmix.scene import Scene
+from hyperunmix.validation import SceneError
 
 DATA_ENV = "HYPERUNMIX_DATA_DIR"
 SCENE_SUBDIR = "hsi"
@@ -130,6 +132,16 @@ def load_dataset(name: str, **options) -> Scene:
     scene = load_scene(path, gt_path, n_endmembers=info.p, name=name, material_names=names, **options)
     scene.meta["gt_max_scaled"] = info.gt_max_scaled and not options.get("rescale_gt", False)
     return scene
+
+
+def open_scene(dataset: str | None = None, input: str | Path | None = None, **options) -> Scene:
+    """A registered dataset by name, or any file the loader reads (`input`, named after its stem).
+    Options go to `load_dataset` / `load_scene` (e.g. drop_bands="1350-1450nm")."""
+    if (dataset is None) == (input is None):
+        raise ValueError("give either a dataset name or an input file")
+    if input is not None:
+        return load_scene(input, **options)
+    return load_dataset(dataset, **options)
 
 
 def list_datasets() -> list[dict]:

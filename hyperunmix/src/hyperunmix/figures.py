@@ -47,7 +47,13 @@ def endmember_plot(E_hat: np.ndarray, path: Path, E_true: np.ndarray | None = No
                    sad_deg: list[float] | None = None, title: str = "") -> Path:
     """One panel per endmember: estimated spectrum against the true one."""
     L, p = E_hat.shape
-    x = np.arange(L) if wavelengths is None else wavelengths
+    x = np.arange(L) if wavelengths is None else np.asarray(wavelengths, dtype=float)
+    if wavelengths is not None and L > 2 and np.median(np.diff(x)) > 0:
+        # Break the lines across dropped bands (gaps wider than twice the usual spacing).
+        gaps = np.flatnonzero(np.diff(x) > 2 * np.median(np.diff(x))) + 1
+        x = np.insert(x, gaps, np.nan)
+        E_hat = np.insert(E_hat, gaps, np.nan, axis=0)
+        E_true = None if E_true is None else np.insert(E_true, gaps, np.nan, axis=0)
     fig, axes = plt.subplots(1, p, figsize=(3.2 * p, 2.8), squeeze=False)
     for k, label in enumerate(material_labels(p, names)):
         ax = axes[0, k]
@@ -76,6 +82,30 @@ def training_curves(history: dict[str, list[float]], path: Path, title: str = ""
             ax.set_yscale("log")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch")
+    fig.suptitle(title, y=1.04)
+    return save(fig, path)
+
+
+def estimate_plot(results: dict, path: Path, title: str = "") -> Path:
+    """Eigenvalue plot of `estimate.estimate_all`: HySime's data power p_i and twice the noise
+    power 2 s_i along the signal eigenvectors (kept where p_i > 2 s_i), and for HFC / NWHFC the
+    correlation-minus-covariance eigenvalue gap against its Neyman-Pearson threshold."""
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.2), squeeze=False)
+    for ax, (name, result) in zip(axes[0], results.items()):
+        if name == "hysime":
+            index = np.arange(1, len(result.data_power) + 1)
+            ax.semilogy(index, np.abs(result.data_power), label="data power $p_i$")
+            ax.semilogy(index, 2 * np.abs(result.noise_power), label="2 x noise power $2 s_i$")
+        else:
+            index = np.arange(1, len(result.thresholds) + 1)
+            gap = result.correlation_eigenvalues - result.covariance_eigenvalues
+            ax.semilogy(index, np.clip(gap, 1e-300, None), label="corr. - cov. eigenvalue")
+            ax.semilogy(index, result.thresholds, "--", label=f"threshold (P_F={result.false_alarm:g})")
+        ax.axvline(result.n_endmembers + 0.5, color="grey", lw=0.8)
+        ax.set_title(f"{name}: {result.n_endmembers}", fontsize=9)
+        ax.set_xlabel("eigenvalue index")
+        ax.set_xlim(0.5, min(len(index), max(30, 2 * result.n_endmembers + 5)) + 0.5)
+        ax.legend(fontsize=7)
     fig.suptitle(title, y=1.04)
     return save(fig, path)
 

@@ -98,3 +98,13 @@ def score(
     if Y is not None:
         result["reconstruction_rmse"] = reconstruction_rmse(Y, E_hat, A_hat)
     return result
+
+
+def reconstruction_scorer(estimator, cube: np.ndarray, y=None) -> float:
+    """A scikit-learn scorer (higher is better): minus the RMSE between `cube` (H, W, L) and its
+    reconstruction from the fitted endmembers and `estimator.transform(cube)`. Needs no ground
+    truth, so model selection (e.g. `GridSearchCV(..., scoring=reconstruction_scorer)`, whose
+    folds are image rows) works on any scene."""
+    cube = np.asarray(cube)
+    A = estimator.transform(cube).reshape(estimator.n_endmembers, -1)
+    return -reconstruction_rmse(cube.reshape(-1, cube.shape[2]).T, estimator.endmembers_, A)

@@ -1,41 +1,67 @@
-"""One method on one scene with one seed: estimates, scores, resolved config and figures.
+"""One method on one scene with one seed: estimates, scores, resolved config, maps and figures.
 
-A run folder holds estimates.mat, metrics.json, figures and, written last, config.yaml: a folder
+A run folder holds estimates.mat, abundances.tif, endmembers.csv, metrics.json, figures and,
+written last, config.yaml: a folder
 with metrics.json and config.yaml holds a finished run. Writing into a folder that holds a run
 needs `overwrite=True` (`--overwrite`), and the folder is locked while a run writes to it.
 """
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.io
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hyperunmix import __version__, make_method
-from hyperunmix.data import Scene
+from hyperunmix.bands import describe as describe_bands
 from hyperunmix.files import atomic_write
 from hyperunmix.locks import folder_lock
 from hyperunmix.metrics import reconstruction_rmse, score
+from hyperunmix.outputs import endmember_labels, write_abundance_geotiff, write_endmembers_csv
+from hyperunmix.scene import Scene
+
+log = logging.getLogger("hyperunmix")
 
 FINISHED_MARKERS = ("metrics.json", "config.yaml")
 FIGURE_FILES = ("abundances.png", "endmembers.png", "training_curves.png")
+DEFAULT_DATASET = "samson"
+
+
+class ConfigDumper(yaml.SafeDumper):
+    """YAML with lists of plain values on one line (wavelengths would otherwise take a line each)."""
+
+
+ConfigDumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", data, flow_style=all(not isinstance(v, (list, dict)) for v in data)))
 
 
 class RunConfig(BaseModel):
     """A run as written to config.yaml (and accepted by `hyperunmix run --config`)."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: str = "samson"
+    dataset: str | None = None  # a registered scene name; samson when neither it nor input is given
+    input: str | None = None  # or any scene file the loader reads
     method: str = "vca-fcls"
     seed: int = 0
+    endmembers: int | Literal["auto"] | None = None  # None: the scene's own p (its ground truth)
     params: dict[str, Any] = Field(default_factory=dict)
     dataset_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def one_source(self) -> "RunConfig":
+        if self.dataset is not None and self.input is not None:
+            raise ValueError(f"give a dataset name or an input file, not both (got dataset={self.dataset!r} "
+                             f"and input={self.input!r})")
+        if self.dataset is None and self.input is None:
+            self.dataset = DEFAULT_DATASET
+        return self
 
 
 def method_params(scene: Scene, method_name: str, params: dict | None) -> dict:
@@ -90,16 +116,23 @@ def finished_run(out_dir: str | Path, scene: Scene, method_name: str, seed: int,
     return metrics
 
 
-def resolved_config(scene: Scene, method_name: str, seed: int, model, dataset_options: dict | None) -> dict:
+def resolved_config(scene: Scene, method_name: str, seed: int, model, dataset_options: dict | None,
+                    input_path: str | None = None, endmembers: dict | None = None) -> dict:
+    wavelengths = None if scene.wavelengths is None else [round(float(w), 4) for w in scene.wavelengths]
+    kept = scene.meta.get("bands_kept")
+    bands_kept = "all" if kept is None else describe_bands(kept)
     return {
         "dataset": scene.name,
+        **({"input": str(input_path)} if input_path is not None else {}),
         "method": method_name,
         "seed": seed,
+        "endmembers": endmembers or {"given": None, "used": model.n_endmembers},
         "params": plain(model.get_params()),
         "dataset_options": plain(dataset_options or {}),
         "scene": {"H": scene.H, "W": scene.W, "bands": scene.n_bands, "p": scene.p,
                   "path": scene.meta.get("path", "generated"), "scale": plain(scene.meta.get("scale")),
-                  "fingerprint": scene.fingerprint()},
+                  "bands_kept": bands_kept, "wavelengths_nm": wavelengths,
+                  "georeferenced": scene.georeference is not None, "fingerprint": scene.fingerprint()},
         "environment": {"hyperunmix": __version__, "python": platform.python_version(),
                         "numpy": np.__version__, "threads": threads_in_use()},
     }
@@ -119,11 +152,36 @@ def threads_in_use() -> dict:
     return out
 
 
-def build_method(scene: Scene, method_name: str, seed: int, params: dict | None = None):
-    """The unfitted estimator `run_method` fits on `scene`."""
-    p = scene.p or scene.meta.get("n_endmembers")
-    if p is None:
-        raise ValueError(f"scene {scene.name!r} has no ground truth: give the number of endmembers")
+def choose_endmembers(scene: Scene, requested: int | str | None) -> dict:
+    """How many endmembers to fit: {'given': what was asked, 'used': p} (+ the HySime estimate
+    for 'auto'). None means the scene's own p; a p that contradicts its ground truth is refused,
+    as the scores need the same number of estimated and true endmembers."""
+    if requested == "auto":
+        from hyperunmix.estimate import hysime
+
+        estimate = hysime(scene.Y).n_endmembers
+        used = max(2, estimate)  # unmixing needs two materials at least
+        log.info("HySime estimates %d endmember(s) in %s; fitting %d", estimate, scene.name, used)
+        if scene.p is not None and used != scene.p:
+            log.info("%s has ground truth for p=%d materials: scored by reconstruction RMSE only", scene.name,
+                     scene.p)
+        return {"given": "auto", "used": used, "hysime": estimate}
+    own = scene.p or scene.meta.get("n_endmembers")
+    if requested is None:
+        if own is None:
+            raise ValueError(f"scene {scene.name!r} has no ground truth: give the number of endmembers "
+                             "(--endmembers N, or --endmembers auto to estimate it with HySime)")
+        return {"given": None, "used": own}
+    if scene.p is not None and requested != scene.p:
+        raise ValueError(f"--endmembers {requested} contradicts the ground truth of {scene.name!r}, which has "
+                         f"p={scene.p} materials (scores need the same number)")
+    return {"given": requested, "used": requested}
+
+
+def build_method(scene: Scene, method_name: str, seed: int, params: dict | None = None,
+                 n_endmembers: int | None = None):
+    """The unfitted estimator `run_method` fits on `scene` (with the scene's p unless given)."""
+    p = n_endmembers or choose_endmembers(scene, None)["used"]
     return make_method(method_name, n_endmembers=p, random_state=seed, **method_params(scene, method_name, params))
 
 
@@ -136,22 +194,28 @@ def run_method(
     figures: bool = True,
     dataset_options: dict | None = None,
     overwrite: bool = False,
+    n_endmembers: int | str | None = None,
+    input_path: str | Path | None = None,
 ) -> dict:
-    """Fit `method_name` on `scene`, score it against the ground truth when there is one, and
-    (with `out_dir`) write estimates.mat, metrics.json, config.yaml and figures. Returns the metrics.
+    """Fit `method_name` on `scene`, score it against the ground truth when there is one (else the
+    reconstruction RMSE), and (with `out_dir`) write estimates.mat, abundances.tif,
+    endmembers.csv, metrics.json, config.yaml and figures. Returns the metrics.
 
-    `out_dir` is checked and locked before the fit, so a bad folder costs no fitting time; a
-    folder that already holds a run is refused unless `overwrite`."""
-    model = build_method(scene, method_name, seed, params)
+    `n_endmembers`: None (the scene's p), a number, or "auto" (HySime's estimate, recorded in
+    the metrics and config). `input_path`: the file the scene came from, recorded so the run can
+    be redrawn. `out_dir` is checked and locked before the fit, so a bad folder costs no fitting
+    time; a folder that already holds a run is refused unless `overwrite`."""
+    endmembers = choose_endmembers(scene, n_endmembers)
+    model = build_method(scene, method_name, seed, params, endmembers["used"])
     model.validate_params()  # before the folder is made: a bad parameter leaves nothing behind
     if out_dir is None:
-        return fit_and_score(scene, method_name, seed, model)
+        return fit_and_score(scene, method_name, seed, model, endmembers)
     with folder_lock(out_dir) as out:
         if not overwrite:
             check_no_run(out)
-        metrics = fit_and_score(scene, method_name, seed, model)
-        write_run(out, scene, model, metrics, resolved_config(scene, method_name, seed, model, dataset_options),
-                  figures)
+        metrics = fit_and_score(scene, method_name, seed, model, endmembers)
+        config = resolved_config(scene, method_name, seed, model, dataset_options, input_path, endmembers)
+        write_run(out, scene, model, metrics, config, figures)
     return metrics
 
 
@@ -162,15 +226,17 @@ def check_no_run(out: Path) -> None:
                               "(overwrite=True) to replace it, or choose another output folder")
 
 
-def fit_and_score(scene: Scene, method_name: str, seed: int, model) -> dict:
+def fit_and_score(scene: Scene, method_name: str, seed: int, model, endmembers: dict | None = None) -> dict:
     p = model.n_endmembers
     start = time.perf_counter()
     model.fit(scene.cube)
     wall = time.perf_counter() - start
     E_hat, A_hat = model.endmembers_, model.abundances_.reshape(p, -1)
     metrics: dict[str, Any] = {"dataset": scene.name, "method": method_name, "seed": seed,
-                               "fit_time_s": float(model.fit_time_), "wall_time_s": wall}
-    if scene.has_ground_truth:
+                               "fit_time_s": float(model.fit_time_), "wall_time_s": wall, "n_endmembers": p}
+    if endmembers and "hysime" in endmembers:
+        metrics["hysime_estimate"] = endmembers["hysime"]
+    if scene.has_ground_truth and p == scene.p:
         metrics.update(score(E_hat, A_hat, scene.E, scene.A, Y=scene.Y))
     else:
         metrics["reconstruction_rmse"] = reconstruction_rmse(scene.Y, E_hat, A_hat)
@@ -186,10 +252,14 @@ def write_run(out: Path, scene: Scene, model, metrics: dict, config: dict, figur
     # HySUPP-compatible: E (L, p), A (p, N) with row-major pixels, plus the image size.
     estimates = {"E": model.endmembers_, "A": model.abundances_.reshape(p, -1), "H": scene.H, "W": scene.W, "p": p}
     atomic_write(out / "estimates.mat", lambda handle: scipy.io.savemat(handle, estimates))
+    labels = endmember_labels(p, scene.material_names, metrics.get("matching"))
+    write_abundance_geotiff(out / "abundances.tif", model.abundances_, labels, scene.georeference)
+    write_endmembers_csv(out / "endmembers.csv", model.endmembers_, labels, scene.wavelengths)
     atomic_write(out / "metrics.json", lambda handle: json.dump(plain(metrics), handle, indent=2), mode="w")
     if figures:
         write_run_figures(out, scene, model.endmembers_, model.abundances_, metrics, getattr(model, "history_", {}))
-    atomic_write(out / "config.yaml", lambda handle: yaml.safe_dump(config, handle, sort_keys=False), mode="w")
+    atomic_write(out / "config.yaml", lambda handle: yaml.dump(config, handle, ConfigDumper, sort_keys=False),
+                 mode="w")
 
 
 def write_run_figures(out: Path, scene: Scene, E_hat: np.ndarray, A_hat: np.ndarray, metrics: dict,
@@ -199,18 +269,20 @@ def write_run_figures(out: Path, scene: Scene, E_hat: np.ndarray, A_hat: np.ndar
     from hyperunmix import figures
 
     title = f"{metrics['method']} on {scene.name} (seed {metrics['seed']})"
-    if "matching" in metrics:
+    # The truth is drawn beside the estimates only when the run was scored against it: with
+    # another number of endmembers (an estimated count, say) there is nothing to pair it with.
+    scored = "matching" in metrics
+    if scored:
         perm = metrics["matching"]  # show estimates in the true order
         E_hat, A_hat = E_hat[:, perm], A_hat[perm]
         sad_text = f": mean SAD {metrics['mean_sad_deg']:.2f} deg, aRMSE {metrics['armse']:.3f}"
     else:
         sad_text = ""
-    figures.abundance_grid(A_hat, out / "abundances.png", scene.abundance_maps, scene.material_names,
-                           title + sad_text)
-    E_true = scene.E
+    A_true, E_true, names = (scene.abundance_maps, scene.E, scene.material_names) if scored else (None, None, None)
+    figures.abundance_grid(A_hat, out / "abundances.png", A_true, names, title + sad_text)
     if E_true is not None and metrics["method"] != "oracle-fcls" and scene.meta.get("gt_max_scaled"):
         E_true = scene.rescaled_endmembers()  # comparable level with the estimates
-    figures.endmember_plot(E_hat, out / "endmembers.png", E_true, scene.material_names, scene.wavelengths,
+    figures.endmember_plot(E_hat, out / "endmembers.png", E_true, names, scene.wavelengths,
                            metrics.get("sad_deg"), title)
     if history is not None:
         figures.training_curves(history, out / "training_curves.png", title)
@@ -219,13 +291,17 @@ def write_run_figures(out: Path, scene: Scene, E_hat: np.ndarray, A_hat: np.ndar
 def redraw_figures(run_dir: str | Path) -> None:
     """abundances.png and endmembers.png of a finished run, from its estimates.mat (no refit). The
     training curves need the fit's history, which a run folder does not keep."""
-    from hyperunmix.datasets import load_dataset
+    from hyperunmix.datasets import open_scene
 
     run_dir = Path(run_dir)
     metrics, config = load_run(run_dir)
     if not (run_dir / "estimates.mat").is_file():
         raise FileNotFoundError(f"{run_dir} has no estimates.mat to draw from")
-    scene = load_dataset(config["dataset"], **(config.get("dataset_options") or {}))
+    options = config.get("dataset_options") or {}
+    if config.get("input"):
+        scene = open_scene(input=config["input"], name=config["dataset"], **options)
+    else:
+        scene = open_scene(config["dataset"], **options)
     saved = scipy.io.loadmat(run_dir / "estimates.mat")
     E_hat, A_hat = saved["E"], saved["A"].reshape(-1, scene.H, scene.W)
     write_run_figures(run_dir, scene, E_hat, A_hat, metrics)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from hyperunmix.data import Scene
+from hyperunmix.scene import Scene
 
 PROCEDURAL_BANDS = 120
 MIN_LIBRARY_ANGLE_DEG = 8.0  # procedural spectra closer than this are redrawn

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from hyperunmix.data import Scene
+    from hyperunmix.scene import Scene
 
 CUBE_AXES = ("row", "column", "band")
 NEGATIVE_HINT = "clip them to zero first (load_scene(..., clip_negative=True) or np.clip(cube, 0, None))"
@@ -96,5 +96,7 @@ def validate_scene(scene: Scene) -> None:
         if scene.A.shape != (p, Y.shape[1]):
             raise SceneError(f"{where}: A must have shape (p={p}, N={Y.shape[1]}), got {scene.A.shape}")
         check_values(scene.A.reshape(p, scene.H, scene.W), f"{where}: A", ("endmember", "row", "column"))
+    if scene.wavelengths is not None and np.shape(scene.wavelengths) != (Y.shape[0],):
+        raise SceneError(f"{where}: {np.size(scene.wavelengths)} wavelengths for {Y.shape[0]} bands")
     if scene.material_names is not None and scene.p is not None and len(scene.material_names) != scene.p:
         raise SceneError(f"{where}: {len(scene.material_names)} material names for p={scene.p} endmembers")

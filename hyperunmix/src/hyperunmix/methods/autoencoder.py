@@ -10,8 +10,9 @@ import torch
 from sklearn.utils._param_validation import StrOptions
 from torch import nn
 
-from hyperunmix.methods.base import NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_REAL, Unmixer
+from hyperunmix.methods.base import NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_REAL, TILE_PIXELS, Unmixer
 from hyperunmix.methods.gauss import spectral_angle
+from hyperunmix.methods.patches import predict_tiled
 
 
 class DenseAutoencoder(nn.Module):
@@ -91,3 +92,8 @@ class Autoencoder(Unmixer):
             A = self.model_.abundances(pixels).T
             E = self.model_.decoder.detach().clone()
         return E.numpy().astype(np.float64), A.numpy().astype(np.float64)
+
+    def _transform(self, cube: np.ndarray) -> np.ndarray:
+        """(p, N) abundances from the encoder, pixel by pixel (window 1) in row tiles."""
+        model = self.model_.eval()
+        return predict_tiled(model.abundances, cube, 1, self.n_endmembers, TILE_PIXELS).T

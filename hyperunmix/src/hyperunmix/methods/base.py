@@ -1,6 +1,9 @@
-"""The estimator interface every unmixing method shares (scikit-learn style).
+"""The estimator interface every unmixing method shares: scikit-learn estimators.
 
-Parameters are checked when `fit` runs, as scikit-learn estimators do: each class lists
+Every method is a `BaseEstimator` (so `get_params`, `set_params`, `clone`, grid search work) and
+a `TransformerMixin`: `fit(cube)` learns endmembers and abundances, `transform(cube)` gives the
+abundances of a new cube with the fitted bands. Constructors only store their parameters;
+parameters are checked when `fit` runs, as scikit-learn estimators do: each class lists
 `_parameter_constraints` (types, ranges, allowed strings) and scikit-learn's validator raises
 an error that names the parameter, what it must be and what it got.
 """
@@ -10,8 +13,10 @@ import time
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.utils._param_validation import Interval, validate_parameter_constraints
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval
 
+from hyperunmix.fcls import fcls
 from hyperunmix.validation import check_cube
 
 # Shared constraint shapes (scikit-learn's `Interval`), e.g. epochs >= 0, learning rates > 0.
@@ -20,14 +25,19 @@ POSITIVE_INT = Interval(Integral, 1, None, closed="left")
 NON_NEGATIVE_REAL = Interval(Real, 0, None, closed="left")
 POSITIVE_REAL = Interval(Real, 0, None, closed="neither")
 UNIT_INTERVAL = Interval(Real, 0, 1, closed="both")
+# Pixels per tile of `transform`: tiles of whole image rows keep memory bounded on large cubes
+# (64k pixels x 200 bands in float64 is 100 MiB); fcls solves in chunks of the same size.
+TILE_PIXELS = 65536
 
 
-class Unmixer:
-    """Base class: `fit(cube)` learns `endmembers_` (L x p) and `abundances_` (p x H x W).
+class Unmixer(TransformerMixin, BaseEstimator):
+    """Base class: `fit(cube)` learns `endmembers_` (L x p) and `abundances_` (p x H x W);
+    `transform(cube)` returns the abundances (p x H x W) of a cube with the same bands.
 
     Subclasses implement `_fit(Y, H, W) -> (E, A)` with Y the L x N pixel matrix in row-major
     pixel order (pixel = row * W + col), E of shape (L, p) and A of shape (p, N), and extend
-    `_parameter_constraints` with one entry per constructor parameter.
+    `_parameter_constraints` with one entry per constructor parameter. The default `transform`
+    is FCLSU with the fitted endmembers (the linear methods); networks override `_transform`.
     """
 
     _parameter_constraints: dict = {
@@ -43,7 +53,7 @@ class Unmixer:
     def validate_params(self) -> None:
         """Raise an error naming the first parameter outside its constraints. `fit` calls it; a
         caller may call it earlier, to refuse a bad parameter before preparing anything else."""
-        validate_parameter_constraints(self._parameter_constraints, self.get_params(), type(self).__name__)
+        self._validate_params()
 
     def fit(self, cube: np.ndarray, y=None) -> "Unmixer":
         self.validate_params()
@@ -64,14 +74,32 @@ class Unmixer:
         return self
 
     def fit_transform(self, cube: np.ndarray, y=None) -> np.ndarray:
+        """The abundances of the fit itself (p, H, W), without a second pass over the cube."""
         return self.fit(cube).abundances_
 
     def _fit(self, Y: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def get_params(self) -> dict:
-        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+    def transform(self, cube: np.ndarray) -> np.ndarray:
+        """Abundances (p, H, W) of any cube with the fitted bands, in tiles of whole image rows so
+        that memory stays bounded (a memory-mapped cube is read one tile at a time)."""
+        if not hasattr(self, "endmembers_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(cube) first")
+        # No float64 copy of a large cube: tiles are converted one at a time.
+        cube = cube if isinstance(cube, np.ndarray) else np.asarray(cube)
+        if cube.ndim != 3:
+            raise ValueError(f"cube must have shape (H, W, L), got an array of shape {cube.shape}")
+        h, w, bands = cube.shape
+        if bands != self.endmembers_.shape[0]:
+            raise ValueError(f"cube has {bands} bands, the model was fitted on {self.endmembers_.shape[0]}")
+        return self._transform(cube).reshape(self.n_endmembers, h, w).astype(np.float64, copy=False)
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
+    def _transform(self, cube: np.ndarray) -> np.ndarray:
+        """(p, N) abundances: FCLSU with the fitted endmembers, tile by tile."""
+        h, w, bands = cube.shape
+        rows = max(1, TILE_PIXELS // w)
+        out = np.empty((self.n_endmembers, h * w))
+        for start in range(0, h, rows):
+            tile = np.asarray(cube[start:start + rows], dtype=np.float64).reshape(-1, bands).T
+            out[:, start * w:start * w + tile.shape[1]] = fcls(tile, self.endmembers_)
+        return out

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hyperunmix.methods.base import NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_REAL, Unmixer
+from hyperunmix.methods.base import NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_REAL, TILE_PIXELS, Unmixer
 from hyperunmix.methods.gauss import spectral_angle
+from hyperunmix.methods.patches import predict_tiled
 
 
 class ConvAutoencoder(nn.Module):
@@ -105,3 +106,14 @@ class CNNAEU(Unmixer):
             A = self.model_.abundances(image.unsqueeze(0))[0].reshape(self.n_endmembers, -1)
             E = self.model_.decoder.weight.mean(dim=(2, 3))  # (L, p)
         return E.numpy().astype(np.float64), A.numpy().astype(np.float64)
+
+    def _transform(self, cube: np.ndarray) -> np.ndarray:
+        """(p, N) abundances from the encoder in row tiles. Each tile comes with a reflected
+        one-pixel margin, which is exactly what the encoder's 3 x 3 reflect padding reads at the
+        image border; the encoder's own padding then only touches the margin, which is cut off."""
+        model = self.model_.eval()
+
+        def encode(image: torch.Tensor) -> torch.Tensor:  # (1, L, rows + 2, W + 2) -> (rows * W, p)
+            return model.abundances(image)[0, :, 1:-1, 1:-1].reshape(self.n_endmembers, -1).T
+
+        return predict_tiled(encode, cube, 3, self.n_endmembers, TILE_PIXELS, image_input=True).T

@@ -4,8 +4,8 @@ Stage 1 (`GAUSS`): the approximation network AN denoises every pixel from its ne
 k-means on its output gives one-hot pseudo ground truth for the unmixing network UN; the
 mixing network MN learns to rebuild the AN output from the UN abundances, detached, so
 reconstruction gradients never reach the UN. Stage 2 trains UN and MN end to end on the
-reconstruction error, guided either by the decaying pseudo-GT term (`GAUSSBlind`) or by the
-abundances of a signal-processing method as soft targets (`GAUSSPrime`).
+reconstruction error, guided either by the decaying pseudo-GT term (`variant="blind"`) or by
+the abundances of a signal-processing method as soft targets (`variant="prime"`).
 """
 from __future__ import annotations
 
@@ -70,11 +70,27 @@ def _train(
 
 
 class GAUSS(Unmixer):
-    """Stage-1 GAUSS. `fit(cube)` sets `endmembers_` (L, p) = MN(e_k) and `abundances_`
-    (p, H, W) = UN(AN(patch)); `transform(cube)` applies AN and UN tile by tile."""
+    """GAUSS. `fit(cube)` sets `endmembers_` (L, p) = MN(e_k) and `abundances_` (p, H, W) =
+    UN(AN(patch)); `transform(cube)` applies AN and UN tile by tile.
+
+    variant: "stage1" (AN, UN guided by k-means pseudo-GT, MN on the detached UN output), or
+    stage 1 followed by stage 2, UN + MN trained end to end on the reconstruction error:
+    "blind" (GAUSS_blind) keeps the pseudo-GT term with weight `pseudo_gt_weight * decay**epoch`;
+    "prime" (GAUSS_prime) uses the abundances of `prime_method` (default VCA + FCLSU) as soft
+    targets, weight `prime_weight * decay**epoch`. Stage-2 parameters are ignored by "stage1".
+
+    The stage-2 reconstruction loss defaults to the spectral angle alone (`stage2_mse_weight`
+    0): it ignores each pixel's brightness (illumination, topography), which otherwise leaks
+    into the abundances; with lr 3e-3 this took Samson from 0.24 to 0.11 aRMSE and Jasper
+    Ridge from 0.125 to 0.11 (docs/ablation.md). `smooth_weight` adds the squared abundance
+    difference to the right and lower neighbours (off by default: it hurt both scenes). The
+    guide targets fade (decay 0.8) so that the prime method's own errors do not cap the result;
+    with no decay, Jasper Ridge's VCA abundances held GAUSS_prime at ~16 deg.
+    """
 
     _parameter_constraints = {
         **Unmixer._parameter_constraints,
+        "variant": [StrOptions({"stage1", "blind", "prime"})],
         "window": [POSITIVE_INT],  # odd and smaller than the scene: checked by extract_patches
         "an_hidden": [POSITIVE_INT],
         "mn": [StrOptions({"deep", "linear"})],
@@ -89,21 +105,23 @@ class GAUSS(Unmixer):
         "kmeans_n_init": [POSITIVE_INT],
         "tile_pixels": [POSITIVE_INT],
         "device": [str],  # whether it exists is checked in _check_device
-    }
-    # The stage-2 parameters GAUSSBlind and GAUSSPrime share.
-    _stage2_constraints = {
         "decay": [UNIT_INTERVAL],
         "stage2_epochs": [NON_NEGATIVE_INT],
         "stage2_lr": [POSITIVE_REAL],
         "train_an": ["boolean"],
         "stage2_mse_weight": [NON_NEGATIVE_REAL],
         "smooth_weight": [NON_NEGATIVE_REAL],
+        "pseudo_gt_weight": [NON_NEGATIVE_REAL],
+        "prime_method": [StrOptions(set(METHODS))],
+        "prime_params": [dict, None],
+        "prime_weight": [NON_NEGATIVE_REAL],
     }
 
     def __init__(
         self,
         n_endmembers: int,
         random_state: int | None = None,
+        variant: str = "stage1",
         window: int = 3,
         an_hidden: int = 256,
         mn: str = "linear",
@@ -118,8 +136,19 @@ class GAUSS(Unmixer):
         kmeans_n_init: int = 10,
         tile_pixels: int = 16384,
         device: str = "cpu",
+        decay: float = 0.8,
+        stage2_epochs: int = 40,
+        stage2_lr: float = 3e-3,
+        train_an: bool = False,
+        stage2_mse_weight: float = 0.0,
+        smooth_weight: float = 0.0,
+        pseudo_gt_weight: float = 1.0,
+        prime_method: str = "vca-fcls",
+        prime_params: dict | None = None,
+        prime_weight: float = 1.0,
     ):
         super().__init__(n_endmembers, random_state)
+        self.variant = variant
         self.window = window
         self.an_hidden = an_hidden
         self.mn = mn
@@ -134,6 +163,16 @@ class GAUSS(Unmixer):
         self.kmeans_n_init = kmeans_n_init
         self.tile_pixels = tile_pixels
         self.device = device
+        self.decay = decay
+        self.stage2_epochs = stage2_epochs
+        self.stage2_lr = stage2_lr
+        self.train_an = train_an
+        self.stage2_mse_weight = stage2_mse_weight
+        self.smooth_weight = smooth_weight
+        self.pseudo_gt_weight = pseudo_gt_weight
+        self.prime_method = prime_method
+        self.prime_params = prime_params
+        self.prime_weight = prime_weight
 
     # ---- shared pieces -------------------------------------------------------------------
     def _check_device(self) -> None:
@@ -197,7 +236,16 @@ class GAUSS(Unmixer):
 
     def _fit_stage2(self, cube: np.ndarray, patches: torch.Tensor, centre: torch.Tensor,
                     approx: torch.Tensor, seed: int, gen: torch.Generator) -> None:
-        """Stage-1 GAUSS has no second stage; the variants override this."""
+        """End-to-end training guided by the pseudo-GT ("blind") or a method's abundances ("prime")."""
+        if self.variant == "stage1":
+            return
+        if self.variant == "blind":
+            targets, weight = self.pseudo_gt_, self.pseudo_gt_weight
+        else:
+            self.prime_targets_ = targets = self._prime_targets(cube, approx, seed)
+            weight = self.prime_weight
+        self._end_to_end(patches, centre, approx, targets, lambda epoch: weight * self.decay**epoch,
+                         self.stage2_epochs, self.train_an, gen, self.stage2_lr)
 
     def _fit(self, Y: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
         self._check_device()
@@ -217,24 +265,28 @@ class GAUSS(Unmixer):
             E = self.mn_.endmembers().cpu().numpy()
         return E, A
 
+    def _prime_targets(self, cube: np.ndarray, approx: torch.Tensor, seed: int) -> torch.Tensor:
+        from hyperunmix.methods import make_method  # lazy: the registry imports this module
+
+        prime = make_method(self.prime_method, self.n_endmembers, seed, **(self.prime_params or {}))
+        self.prime_ = prime.fit(cube)
+        targets = prime.abundances_.reshape(self.n_endmembers, -1).T
+        # Prime components come in their own order: align them with the stage-1 UN outputs.
+        with torch.no_grad():
+            stage1 = self.un_(approx).cpu().numpy()
+        _, order = linear_sum_assignment(-(stage1.T @ targets))
+        self.prime_order_ = order
+        targets = np.clip(targets[:, order], 0.0, None)
+        targets /= targets.sum(axis=1, keepdims=True) + 1e-12
+        return torch.as_tensor(targets, dtype=torch.float32, device=approx.device)
+
     # ---- inference -----------------------------------------------------------------------
-    def transform(self, cube: np.ndarray) -> np.ndarray:
-        """Abundances (p, H, W) of any cube with the fitted bands, in bounded-memory tiles."""
-        if not hasattr(self, "un_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(cube) first")
-        # No float64 copy of a large cube: tiles are converted to float32 one at a time.
-        cube = cube if isinstance(cube, np.ndarray) else np.asarray(cube)
-        if cube.ndim != 3:
-            raise ValueError(f"cube must have shape (H, W, L), got an array of shape {cube.shape}")
-        h, w, bands = cube.shape
-        if bands != self.endmembers_.shape[0]:
-            raise ValueError(f"cube has {bands} bands, the model was fitted on {self.endmembers_.shape[0]}")
+    def _transform(self, cube: np.ndarray) -> np.ndarray:
+        """(p, N) abundances UN(AN(patch)), the AN's first layer run as a convolution per row tile."""
         an, un = self.an_.cpu().eval(), self.un_.cpu().eval()
         A = predict_tiled(lambda image: un(an.forward_image(image)), cube, self.window,
                           self.n_endmembers, self.tile_pixels, image_input=True)
-        return A.T.reshape(self.n_endmembers, h, w).astype(np.float64)
-
-    predict_abundances = transform
+        return A.T
 
     def _neighbours(self, index: torch.Tensor) -> torch.Tensor:
         """Right and lower neighbour of each pixel (reflected at the last column / row)."""
@@ -288,83 +340,3 @@ class GAUSS(Unmixer):
         if train_an:
             with torch.no_grad():
                 approx.copy_(self.an_(patches))
-
-
-class GAUSSBlind(GAUSS):
-    """GAUSS_blind: stage 1, then UN + MN end to end on the reconstruction error with a
-    pseudo-GT term of weight `pseudo_gt_weight * decay**epoch`.
-
-    The stage-2 reconstruction loss defaults to the spectral angle alone (`stage2_mse_weight`
-    0): it ignores each pixel's brightness (illumination, topography), which otherwise leaks
-    into the abundances; with lr 3e-3 this took Samson from 0.24 to 0.11 aRMSE and Jasper
-    Ridge from 0.125 to 0.11 (docs/ablation.md). `smooth_weight` adds the squared abundance
-    difference to the right and lower neighbours (off by default: it hurt both scenes)."""
-
-    _parameter_constraints = {**GAUSS._parameter_constraints, **GAUSS._stage2_constraints,
-                              "pseudo_gt_weight": [NON_NEGATIVE_REAL]}
-
-    def __init__(self, n_endmembers: int, random_state: int | None = None, pseudo_gt_weight: float = 1.0,
-                 decay: float = 0.8, stage2_epochs: int = 40, stage2_lr: float = 3e-3,
-                 train_an: bool = False, stage2_mse_weight: float = 0.0, smooth_weight: float = 0.0,
-                 **params):
-        super().__init__(n_endmembers, random_state, **params)
-        self.stage2_mse_weight = stage2_mse_weight
-        self.smooth_weight = smooth_weight
-        self.pseudo_gt_weight = pseudo_gt_weight
-        self.decay = decay
-        self.stage2_epochs = stage2_epochs
-        self.stage2_lr = stage2_lr
-        self.train_an = train_an
-
-    def _fit_stage2(self, cube, patches, centre, approx, seed, gen) -> None:
-        self._end_to_end(patches, centre, approx, self.pseudo_gt_,
-                         lambda epoch: self.pseudo_gt_weight * self.decay**epoch,
-                         self.stage2_epochs, self.train_an, gen, self.stage2_lr)
-
-
-class GAUSSPrime(GAUSS):
-    """GAUSS_prime: stage 1, then UN + MN end to end with the abundances of a signal-processing
-    method (default VCA + FCLSU) as soft targets, weight `prime_weight * decay**epoch`.
-
-    The targets fade (decay 0.8, as in GAUSS_blind) so that the prime method's own errors do not
-    cap the result; with no decay, Jasper Ridge's VCA abundances held it at ~16 deg."""
-
-    _parameter_constraints = {**GAUSS._parameter_constraints, **GAUSS._stage2_constraints,
-                              "prime_method": [StrOptions(set(METHODS))], "prime_params": [dict, None],
-                              "prime_weight": [NON_NEGATIVE_REAL]}
-
-    def __init__(self, n_endmembers: int, random_state: int | None = None, prime_method: str = "vca-fcls",
-                 prime_params: dict | None = None, prime_weight: float = 1.0, decay: float = 0.8,
-                 stage2_epochs: int = 40, stage2_lr: float = 3e-3, train_an: bool = False,
-                 stage2_mse_weight: float = 0.0, smooth_weight: float = 0.0, **params):
-        super().__init__(n_endmembers, random_state, **params)
-        self.stage2_mse_weight = stage2_mse_weight
-        self.smooth_weight = smooth_weight
-        self.prime_method = prime_method
-        self.prime_params = prime_params
-        self.prime_weight = prime_weight
-        self.decay = decay
-        self.stage2_epochs = stage2_epochs
-        self.stage2_lr = stage2_lr
-        self.train_an = train_an
-
-    def _prime_targets(self, cube: np.ndarray, approx: torch.Tensor, seed: int) -> torch.Tensor:
-        from hyperunmix.methods import make_method  # lazy: the registry imports this module
-
-        prime = make_method(self.prime_method, self.n_endmembers, seed, **(self.prime_params or {}))
-        self.prime_ = prime.fit(cube)
-        targets = prime.abundances_.reshape(self.n_endmembers, -1).T
-        # Prime components come in their own order: align them with the stage-1 UN outputs.
-        with torch.no_grad():
-            stage1 = self.un_(approx).cpu().numpy()
-        _, order = linear_sum_assignment(-(stage1.T @ targets))
-        self.prime_order_ = order
-        targets = np.clip(targets[:, order], 0.0, None)
-        targets /= targets.sum(axis=1, keepdims=True) + 1e-12
-        return torch.as_tensor(targets, dtype=torch.float32, device=approx.device)
-
-    def _fit_stage2(self, cube, patches, centre, approx, seed, gen) -> None:
-        self.prime_targets_ = self._prime_targets(cube, approx, seed)
-        self._end_to_end(patches, centre, approx, self.prime_targets_,
-                         lambda epoch: self.prime_weight * self.decay**epoch,
-                         self.stage2_epochs, self.train_an, gen, self.stage2_lr)

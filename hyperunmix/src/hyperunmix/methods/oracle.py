@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hyperunmix.data import least_squares_scales
 from hyperunmix.fcls import fcls
 from hyperunmix.methods.base import NON_NEGATIVE_INT, Unmixer
+from hyperunmix.scene import least_squares_scales
 
 
 class OracleFCLS(Unmixer):

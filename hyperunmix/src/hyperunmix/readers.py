@@ -1,104 +1,22 @@
-"""Scenes and the loader that reads every common hyperspectral file layout.
+"""Readers for matrix files (.mat, .npz, .npy) in every common hyperspectral layout.
 
-Inside the package a scene is `Y` (L x N) with pixels in row-major order (pixel = row * W + col).
-MATLAB files store pixels column-major (pixel = row + col * H); the loader converts them.
+Layouts (see `detect_layout`): (a) Y, GT, S_GT, lines, cols; (b) original releases Y or V +
+nRow/nCol (+maxValue), ground truth in a separate file; (c) HySUPP Y/E/A/H/W/p; (d) Y/M/A;
+an H x W x L cube under 'im' or 'cube'. MATLAB files store pixels column-major
+(pixel = row + col * H); the readers return them row-major (pixel = row * W + col).
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
-from dataclasses import dataclass, field
-from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 import scipy.io
-from sklearn.utils import check_scalar
 
-from hyperunmix.files import atomic_write
-from hyperunmix.validation import SceneError, SceneWarning, check_cube, check_real, validate_scene
+from hyperunmix.validation import SceneError, SceneWarning, check_real
 
 PIXEL_ORDERS = ("auto", "row-major", "column-major")
-
-
-@dataclass
-class Scene:
-    """A hyperspectral scene with optional ground truth.
-
-    Y: (L, N) float64, pixels in row-major order; E: (L, p) endmembers as columns;
-    A: (p, N) abundances in the same pixel order as Y.
-    """
-
-    Y: np.ndarray
-    H: int
-    W: int
-    E: np.ndarray | None = None
-    A: np.ndarray | None = None
-    material_names: list[str] | None = None
-    name: str = "scene"
-    wavelengths: np.ndarray | None = None
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        validate_scene(self)
-
-    @property
-    def cube(self) -> np.ndarray:
-        """The scene as an H x W x L array (a view, no copy)."""
-        return self.Y.T.reshape(self.H, self.W, self.n_bands)
-
-    @property
-    def n_bands(self) -> int:
-        return self.Y.shape[0]
-
-    @property
-    def n_pixels(self) -> int:
-        return self.Y.shape[1]
-
-    @property
-    def p(self) -> int | None:
-        if self.E is not None:
-            return self.E.shape[1]
-        return None if self.A is None else self.A.shape[0]
-
-    @property
-    def abundance_maps(self) -> np.ndarray | None:
-        return None if self.A is None else self.A.reshape(-1, self.H, self.W)
-
-    @property
-    def has_ground_truth(self) -> bool:
-        return self.E is not None and self.A is not None
-
-    def fingerprint(self) -> dict:
-        """Shape and SHA-256 of the pixels and ground truth: a finished run is reused only for the
-        scene it was fitted on, not for one whose file has changed since."""
-        digest = hashlib.sha256()
-        for array in (self.Y, self.E, self.A):
-            digest.update(b"none" if array is None else repr(array.shape).encode())
-            if array is not None:
-                digest.update(np.ascontiguousarray(array, dtype="<f8"))
-        return {"shape": [self.H, self.W, self.n_bands], "sha256": digest.hexdigest()}
-
-    def rescaled_endmembers(self) -> np.ndarray:
-        """Endmembers with each column scaled by least squares so that Y ~ E diag(s) A.
-
-        Some releases (Samson) store each endmember max-scaled to 1; these scales recover the
-        reflectance level the abundances imply.
-        """
-        if not self.has_ground_truth:
-            raise SceneError(f"scene {self.name!r} has no ground truth to rescale")
-        return self.E * least_squares_scales(self.Y, self.E, self.A)[None, :]
-
-
-def least_squares_scales(Y: np.ndarray, E: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """Scales s (p,) minimising ||Y - E diag(s) A||_F."""
-    # <E_k A_k, E_j A_j>_F = (E_k.E_j)(A_k.A_j), so the normal equations are p x p.
-    gram = (E.T @ E) * (A @ A.T)
-    rhs = np.einsum("lk,ln,kn->k", E, Y, A)
-    return np.linalg.lstsq(gram, rhs, rcond=None)[0]
-
-
-# ----------------------------------------------------------------------------- reading files
+WAVELENGTH_KEYS = ("wavelengths", "wavelength")
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -120,7 +38,7 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
                 return {k: npz[k] for k in npz.files}
         except Exception as err:  # object arrays (pickles) are refused, as are damaged files
             raise SceneError(f"{path}: cannot read as a NumPy {suffix} file ({err})") from err
-    raise SceneError(f"{path}: unsupported file type {suffix!r} (expected .mat, .npz, .npy or .hdr)")
+    raise SceneError(f"{path}: not a matrix file (expected .mat, .npz or .npy), got {suffix!r}")
 
 
 def scalar(arrays: dict, *keys: str) -> int | None:
@@ -255,7 +173,7 @@ def parse_arrays(
         A = abundances_from(arrays, H, W, None, False, source)
         if A is not None:
             out["A"] = A
-        return out
+        return with_wavelengths(out, arrays, L, source)
     Y = np.asarray(arrays["Y"] if "Y" in arrays else arrays["V"])
     if Y.ndim != 2:
         raise SceneError(f"{source}: 'Y' must be 2-D (L, N), got shape {Y.shape}")
@@ -280,29 +198,19 @@ def parse_arrays(
     A = abundances_from(arrays, H, W, out["E"].shape[1] if "E" in out else None, column_major, source)
     if A is not None:
         out["A"] = A
+    return with_wavelengths(out, arrays, Y.shape[0], source)
+
+
+def with_wavelengths(out: dict, arrays: dict, n_bands: int, source: str) -> dict:
+    """Add the band centres (nm) a file stores under 'wavelengths' or 'wavelength', if any."""
+    key = next((k for k in WAVELENGTH_KEYS if k in arrays), None)
+    if key is not None:
+        values = np.asarray(arrays[key]).ravel()
+        check_real(values, f"{source}: {key!r}")
+        if values.size != n_bands:
+            raise SceneError(f"{source}: {key!r} holds {values.size} values for {n_bands} bands")
+        out["wavelengths"] = values.astype(np.float64)
     return out
-
-
-def read_envi(path: Path) -> tuple[dict, np.ndarray | None]:
-    """Read an ENVI header + raw cube through `spectral`, memory-mapped (H x W x L)."""
-    import spectral.io.envi as envi
-
-    try:
-        image = envi.open(str(path))
-    except Exception as err:
-        raise SceneError(f"{path}: cannot open ENVI header/data pair ({err})") from err
-    data_file = Path(image.filename)
-    rows, cols, bands = image.shape
-    needed = image.offset + rows * cols * bands * image.sample_size
-    if data_file.stat().st_size < needed:
-        raise SceneError(
-            f"{data_file}: ENVI data file has {data_file.stat().st_size} bytes, but its header {path} "
-            f"describes {rows} x {cols} x {bands} values of {np.dtype(image.dtype)} "
-            f"({image.sample_size} bytes each, after a {image.offset}-byte offset) = {needed} bytes"
-        )
-    cube = image.open_memmap(writable=False)
-    wavelengths = np.asarray(image.bands.centers, dtype=np.float64) if image.bands.centers else None
-    return {"cube": cube}, wavelengths
 
 
 def ground_truth_from_file(gt_path: Path, n_bands: int, H: int, W: int, pixel_order: str) -> dict:
@@ -324,79 +232,3 @@ def ground_truth_from_file(gt_path: Path, n_bands: int, H: int, W: int, pixel_or
     if "cood" in arrays:  # material names in the original releases
         out["material_names"] = [str(np.asarray(c).ravel()[0]) for c in np.asarray(arrays["cood"]).ravel()]
     return out
-
-
-def load_scene(
-    path: str | Path,
-    gt_path: str | Path | None = None,
-    n_endmembers: int | None = None,
-    name: str | None = None,
-    *,
-    max_value: float | None = None,
-    pixel_order: str = "auto",
-    shape: tuple[int, int] | None = None,
-    material_names: list[str] | None = None,
-    rescale_gt: bool = False,
-    clip_negative: bool = False,
-) -> Scene:
-    """Load a scene from .mat (every common layout), ENVI .hdr, .npy or .npz.
-
-    Layouts: (a) Y, GT, S_GT, lines, cols; (b) original releases Y or V + nRow/nCol (+maxValue),
-    ground truth in `gt_path`; (c) HySUPP Y/E/A/H/W/p; (d) Y/M/A; (e) ENVI header (+ raw data);
-    (f) NumPy .npy (an H x W x L cube) or .npz (any of the above keys); plus an H x W x L cube
-    under 'im'. MATLAB pixel columns (column-major) become row-major. Integer data are divided
-    by `max_value` (or the file's maxValue, or the data maximum). `rescale_gt` scales each
-    ground-truth endmember by least squares (useful when a release stores them max-scaled).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise SceneError(f"scene file not found: {path}")
-    if n_endmembers is not None:
-        check_scalar(n_endmembers, "n_endmembers", Integral, min_val=2)
-    wavelengths = None
-    if path.suffix.lower() == ".hdr":
-        arrays, wavelengths = read_envi(path)
-    else:
-        arrays = read_arrays(path)
-    parsed = parse_arrays(arrays, str(path), pixel_order=pixel_order, shape=shape)
-    H, W = parsed["H"], parsed["W"]
-    raw = np.asarray(parsed["Y"])
-    # Before normalising: the conversion to float would drop imaginary parts and parse text.
-    check_cube(raw.T.reshape(H, W, raw.shape[0]), str(path), allow_negative=clip_negative)
-    Y, scale = normalise(raw, max_value, arrays)
-    if clip_negative:
-        Y = np.clip(Y, 0.0, None)
-    E, A = parsed.get("E"), parsed.get("A")
-    names = material_names
-    if gt_path is not None:
-        gt = ground_truth_from_file(Path(gt_path), Y.shape[0], H, W, pixel_order)
-        E, A = gt["E"], gt["A"]
-        names = names or gt.get("material_names")
-    if (E is None) != (A is None):
-        raise SceneError(f"{path}: ground truth is incomplete: found {'E' if E is not None else 'A'} only")
-    if n_endmembers is not None and E is not None and E.shape[1] != n_endmembers:
-        raise SceneError(f"{path}: ground truth has p={E.shape[1]} endmembers but n_endmembers={n_endmembers}")
-    scene = Scene(
-        Y=np.ascontiguousarray(Y, dtype=np.float64),
-        H=H,
-        W=W,
-        E=None if E is None else np.asarray(E, dtype=np.float64),
-        A=None if A is None else np.asarray(A, dtype=np.float64),
-        material_names=names,
-        name=name or path.stem,
-        wavelengths=wavelengths,
-        meta={"path": str(path), "layout": parsed["layout"], "scale": scale, "gt_rescaled": rescale_gt},
-    )
-    if n_endmembers is not None:
-        scene.meta["n_endmembers"] = n_endmembers
-    if rescale_gt:
-        scene.E = scene.rescaled_endmembers()
-    return scene
-
-
-def save_scene_npz(scene: Scene, path: str | Path) -> Path:
-    """Write a scene as .npz in the HySUPP key layout (row-major pixels), atomically."""
-    arrays = {"Y": scene.Y, "H": np.array(scene.H), "W": np.array(scene.W)}
-    if scene.has_ground_truth:
-        arrays.update(E=scene.E, A=scene.A, p=np.array(scene.p))
-    return atomic_write(Path(path), lambda handle: np.savez(handle, **arrays))
