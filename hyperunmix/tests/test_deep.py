@@ -64,3 +64,25 @@ def test_deep_baselines_on_synthetic(name, params, max_sad, max_armse):
     assert result["mean_sad_deg"] < max_sad
     assert result["armse"] < max_armse
     assert model.history_["sad"][-1] < model.history_["sad"][0]
+
+
+def test_unset_seed_draws_a_fresh_one(tiny_scene):
+    """random_state=None means a new seed per fit (scikit-learn's rule), for every deep method."""
+    fits = [make_method("autoencoder", 3, None, **SMALL["autoencoder"]).fit(tiny_scene.cube) for _ in range(2)]
+    assert not np.array_equal(fits[0].endmembers_, fits[1].endmembers_)
+
+
+def test_training_loop_reports_every_epoch_and_weights_the_mean(tiny_scene):
+    from hyperunmix.methods.training import report_progress, train
+
+    seen = []
+    with report_progress(lambda stage, done, total: seen.append((stage, done, total))):
+        make_method("gauss", 3, 0, an_epochs=2, un_epochs=1, mn_epochs=1).fit(tiny_scene.cube)
+    assert seen == [("an_mse", 1, 2), ("an_mse", 2, 2), ("un_guide", 1, 1), ("mn_reconstruction", 1, 1)]
+    # Batches of 3 and 1 samples with losses 1 and 5: the epoch mean is (3 * 1 + 1 * 5) / 4 = 2.
+    weight = torch.nn.Parameter(torch.zeros(1))
+    curve: list[float] = []
+    losses = iter([1.0, 5.0])
+    train(torch.optim.SGD([weight], lr=0.0), lambda batch, _: weight.sum() + next(losses),
+          lambda epoch: [torch.arange(3), torch.arange(1)], 1, curve)
+    assert curve == [2.0]

@@ -88,14 +88,20 @@ class BenchConfig(BaseModel):
 
 
 def run_bench(config: BenchConfig, out_dir: str | Path, on_progress: Callable[[str], None] | None = None,
-              resume: bool = True) -> tuple[list[dict], list[dict]]:
+              resume: bool = True, ray_address: str | None = None) -> tuple[list[dict], list[dict]]:
     """Run every (dataset, method, seed); a failing run is recorded, not fatal. With `resume`, a run
     folder already holding a finished run with the same settings and the same scene is kept. The
     folder is locked while the benchmark runs; errors.log lists this attempt's failures only.
-    Returns (rows, summary)."""
+    `ray_address` ("auto" or a cluster address): the runs are Ray tasks (`hyperunmix.distributed`),
+    with the same results. Returns (rows, summary)."""
     with folder_lock(out_dir) as out:
         (out / "errors.log").unlink(missing_ok=True)
-        rows = [run_one(*job, out, resume) for job in jobs(config, on_progress)]
+        if ray_address is None:
+            rows = [run_one(*job, out, resume) for job in jobs(config, on_progress)]
+        else:
+            from hyperunmix.distributed import run_on_ray
+
+            rows = run_on_ray(list(jobs(config, None)), out, resume, ray_address, on_progress)
         summary = summarise(rows)
         write_outputs(out, rows, summary, config)
     return rows, summary

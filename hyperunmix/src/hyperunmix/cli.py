@@ -120,6 +120,8 @@ def run(
                                                         "default: the scene's ground truth"),
     drop_bands: Optional[str] = typer.Option(None, help="bands to drop: '1350-1450nm,1800-1950nm' or '0-5,100-110'"),
     seed: Optional[int] = typer.Option(None, help="random seed"),
+    window: Optional[str] = typer.Option(None, help="fit on part of the scene, 'row0:row1,col0:col1' (0-based, "
+                                                    "end excluded), then unmix the whole scene"),
     set_: list[str] = typer.Option([], "--set", help="method parameter key=value (repeatable)"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/SCENE-METHOD-seedN)"),
     config: Optional[Path] = typer.Option(None, help="YAML with dataset, method, seed, params"),
@@ -129,12 +131,13 @@ def run(
     """Fit one method on a dataset or a file; write estimates.mat, abundances.tif, endmembers.csv,
     metrics.json, config.yaml, figures."""
     from hyperunmix.datasets import open_scene
+    from hyperunmix.methods.training import report_progress
     from hyperunmix.run import RunConfig, run_method
 
     with user_errors():
         values = read_config(config)
         overrides = {"dataset": dataset, "input": None if input_ is None else str(input_), "method": method,
-                     "seed": seed, "endmembers": parse_endmembers(endmembers)}
+                     "seed": seed, "endmembers": parse_endmembers(endmembers), "window": window}
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["params"] = {**(values.get("params") or {}), **parse_sets(set_)}
         if drop_bands is not None:
@@ -142,10 +145,12 @@ def run(
         cfg = RunConfig(**values)
         scene = open_scene(cfg.dataset, cfg.input, **cfg.dataset_options)
         out = out or Path("runs") / f"{scene.name}-{cfg.method}-seed{cfg.seed}"
-        with console.status(f"fitting {cfg.method} on {scene.name} (seed {cfg.seed})"):
+        label = f"fitting {cfg.method} on {scene.name} (seed {cfg.seed})"
+        with console.status(label) as status, report_progress(
+                lambda stage, done, total: status.update(f"{label}: {stage}, epoch {done}/{total}")):
             metrics = run_method(scene, cfg.method, cfg.seed, cfg.params, out, figures=figures,
                                  dataset_options=cfg.dataset_options, overwrite=overwrite,
-                                 n_endmembers=cfg.endmembers, input_path=cfg.input)
+                                 n_endmembers=cfg.endmembers, input_path=cfg.input, window=cfg.window)
     print_metrics(metrics)
     console.print(f"written to [bold]{out}[/bold]")
 
@@ -182,6 +187,8 @@ def bench(
     figures: Optional[str] = typer.Option(None, help="per-run figures: all, first-seed, none"),
     resume: bool = typer.Option(True, "--resume/--fresh",
                                 help="keep finished runs in OUT made with the same settings (--fresh: rerun all)"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="run the grid as Ray tasks: 'auto' (the cluster on this "
+                                                          "machine, or a new local one) or a cluster address"),
 ) -> None:
     """Datasets x methods x seeds: results.csv, summary.md (mean ± std), figures."""
     from hyperunmix.bench import BenchConfig, markdown_table, run_bench
@@ -205,7 +212,7 @@ def bench(
                 started[0] = True
                 progress.update(task, description=label)
 
-            rows, summary = run_bench(cfg, out, on_progress=advance, resume=resume)
+            rows, summary = run_bench(cfg, out, on_progress=advance, resume=resume, ray_address=ray)
             progress.update(task, completed=total, description="done")
     print(markdown_table(summary))  # plain print: rich would wrap the table's long lines
     failed = [r for r in rows if r["status"] != "ok"]

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.utils import check_scalar
 
 from hyperunmix.bands import describe, drop_mask
+from hyperunmix.blocks import is_memory_mapped
 from hyperunmix.rasters import envi_header, read_envi, read_raster
 from hyperunmix.readers import ground_truth_from_file, normalise, parse_arrays, read_arrays
 from hyperunmix.scene import Scene
@@ -74,6 +75,11 @@ def load_scene(
     maximum). `drop_bands` ('1350-1450nm,1800-1950nm' or '0-5,100-110') removes bands, as do
     the bad bands an ENVI header lists. `rescale_gt` scales each ground-truth endmember by
     least squares (useful when a release stores them max-scaled).
+
+    A memory-mapped floating-point cube (ENVI) stays mapped, in its own dtype: a scene of any size
+    is then read block by block by the checks, the fingerprint, the estimators and the scores,
+    never copied whole. Integer data, dropped bands and every other format are read into memory
+    as float64.
     """
     path = Path(path)
     if not path.exists():
@@ -83,7 +89,7 @@ def load_scene(
     arrays, raster = read_file(path)
     parsed = parse_arrays(arrays, str(path), pixel_order=pixel_order, shape=shape)
     H, W = parsed["H"], parsed["W"]
-    raw, E, A = np.asarray(parsed["Y"]), parsed.get("E"), parsed.get("A")
+    raw, E, A = np.asanyarray(parsed["Y"]), parsed.get("E"), parsed.get("A")
     wavelengths = raster.wavelengths if raster is not None else parsed.get("wavelengths")
     keep = kept_bands(path, raw.shape[0], wavelengths, None if raster is None else raster.bad_bands, drop_bands)
     if keep is not None:
@@ -105,7 +111,7 @@ def load_scene(
     if n_endmembers is not None and E is not None and E.shape[1] != n_endmembers:
         raise SceneError(f"{path}: ground truth has p={E.shape[1]} endmembers but n_endmembers={n_endmembers}")
     scene = Scene(
-        Y=np.ascontiguousarray(Y, dtype=np.float64),
+        Y=Y if is_memory_mapped(Y) else np.ascontiguousarray(Y, dtype=np.float64),
         H=H,
         W=W,
         E=None if E is None else np.asarray(E, dtype=np.float64),

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from hyperunmix.blocks import BLOCK_PIXELS, release
+
 MATCHING_METHOD = "hungarian-sad"
 
 
@@ -58,8 +60,16 @@ def sre_db(X_hat: np.ndarray, X_true: np.ndarray) -> float:
 
 
 def reconstruction_rmse(Y: np.ndarray, E: np.ndarray, A: np.ndarray) -> float:
-    """RMSE between pixels Y (L, N) and their reconstruction E A."""
-    return float(np.sqrt(np.mean((np.asarray(Y) - np.asarray(E) @ as_pixels(A, "A")) ** 2)))
+    """RMSE between pixels Y (L, N) and their reconstruction E A, summed over blocks of pixels so
+    that a large (memory-mapped) scene is never reconstructed whole."""
+    Y = Y if isinstance(Y, np.ndarray) else np.asarray(Y)
+    E, A = np.asarray(E, dtype=np.float64), as_pixels(A, "A")
+    squares = 0.0
+    for start in range(0, Y.shape[1], BLOCK_PIXELS):
+        pixels = np.asarray(Y[:, start:start + BLOCK_PIXELS], dtype=np.float64)
+        squares += float(np.sum((pixels - E @ A[:, start:start + BLOCK_PIXELS]) ** 2))
+        release(Y)
+    return float(np.sqrt(squares / Y.size))
 
 
 def score(

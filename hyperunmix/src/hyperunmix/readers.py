@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from hyperunmix.blocks import is_memory_mapped
 from hyperunmix.validation import SceneError, SceneWarning, check_real
 
 PIXEL_ORDERS = ("auto", "row-major", "column-major")
@@ -146,6 +147,8 @@ def normalise(Y: np.ndarray, max_value: float | None, arrays: dict) -> tuple[np.
     if np.issubdtype(Y.dtype, np.integer):
         scale = float(max_value) if max_value is not None else float(Y.max())
         return Y.astype(np.float64) / scale, scale
+    if is_memory_mapped(Y) and max_value is None:
+        return Y, None  # kept mapped: a large file is never copied whole (see load_scene)
     Y = Y.astype(np.float64)
     if max_value is not None:
         return Y / float(max_value), float(max_value)
@@ -162,7 +165,7 @@ def parse_arrays(
     layout = detect_layout(arrays)
     if layout == "cube":
         key = "im" if "im" in arrays else "cube"
-        cube = np.asarray(arrays[key])
+        cube = np.asanyarray(arrays[key])  # a memory map stays one
         if cube.ndim != 3:
             raise SceneError(f"{source}: {key!r} must be an H x W x L cube, got shape {cube.shape}")
         H, W, L = cube.shape

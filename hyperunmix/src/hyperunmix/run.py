@@ -26,6 +26,7 @@ from hyperunmix.locks import folder_lock
 from hyperunmix.metrics import reconstruction_rmse, score
 from hyperunmix.outputs import endmember_labels, write_abundance_geotiff, write_endmembers_csv
 from hyperunmix.scene import Scene
+from hyperunmix.window import parse_window
 
 log = logging.getLogger("hyperunmix")
 
@@ -48,6 +49,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset: str | None = None  # a registered scene name; samson when neither it nor input is given
     input: str | None = None  # or any scene file the loader reads
+    window: str | None = None  # fit on 'row0:row1,col0:col1' only, then unmix the whole scene
     method: str = "vca-fcls"
     seed: int = 0
     endmembers: int | Literal["auto"] | None = None  # None: the scene's own p (its ground truth)
@@ -97,7 +99,7 @@ def plain(value: Any) -> Any:
 
 
 def finished_run(out_dir: str | Path, scene: Scene, method_name: str, seed: int,
-                 params: dict | None = None) -> dict | None:
+                 params: dict | None = None, window: str | None = None) -> dict | None:
     """The metrics of a run already written to `out_dir` for the same scene, method, seed and
     resolved parameters; None when there is none (or it was made with other settings)."""
     out_dir = Path(out_dir)
@@ -108,7 +110,8 @@ def finished_run(out_dir: str | Path, scene: Scene, method_name: str, seed: int,
     except ValueError:  # damaged by hand: fit again
         return None
     model = build_method(scene, method_name, seed, params)
-    wanted = {"dataset": scene.name, "method": method_name, "seed": seed, "params": plain(model.get_params())}
+    wanted = {"dataset": scene.name, "method": method_name, "seed": seed, "params": plain(model.get_params()),
+              "window": window}
     if any(stored.get(key) != value for key, value in wanted.items()):
         return None
     if (stored.get("scene") or {}).get("fingerprint") != scene.fingerprint():  # the scene file changed
@@ -196,6 +199,7 @@ def run_method(
     overwrite: bool = False,
     n_endmembers: int | str | None = None,
     input_path: str | Path | None = None,
+    window: str | None = None,
 ) -> dict:
     """Fit `method_name` on `scene`, score it against the ground truth when there is one (else the
     reconstruction RMSE), and (with `out_dir`) write estimates.mat, abundances.tif,
@@ -203,19 +207,23 @@ def run_method(
 
     `n_endmembers`: None (the scene's p), a number, or "auto" (HySime's estimate, recorded in
     the metrics and config). `input_path`: the file the scene came from, recorded so the run can
-    be redrawn. `out_dir` is checked and locked before the fit, so a bad folder costs no fitting
-    time; a folder that already holds a run is refused unless `overwrite`."""
+    be redrawn. `window` ('row0:row1,col0:col1'): fit on that part of the scene only, then
+    unmix the whole scene with the fitted model (`transform`). `out_dir` is checked and locked
+    before the fit, so a bad folder costs no fitting time; a folder that already holds a run is
+    refused unless `overwrite`."""
     endmembers = choose_endmembers(scene, n_endmembers)
     model = build_method(scene, method_name, seed, params, endmembers["used"])
     model.validate_params()  # before the folder is made: a bad parameter leaves nothing behind
+    part = None if window is None else parse_window(window, scene.H, scene.W)
     if out_dir is None:
-        return fit_and_score(scene, method_name, seed, model, endmembers)
+        return fit_and_score(scene, method_name, seed, model, endmembers, part)[0]
     with folder_lock(out_dir) as out:
         if not overwrite:
             check_no_run(out)
-        metrics = fit_and_score(scene, method_name, seed, model, endmembers)
+        metrics, abundances = fit_and_score(scene, method_name, seed, model, endmembers, part)
         config = resolved_config(scene, method_name, seed, model, dataset_options, input_path, endmembers)
-        write_run(out, scene, model, metrics, config, figures)
+        config["window"] = window
+        write_run(out, scene, model, abundances, metrics, config, figures)
     return metrics
 
 
@@ -226,12 +234,22 @@ def check_no_run(out: Path) -> None:
                               "(overwrite=True) to replace it, or choose another output folder")
 
 
-def fit_and_score(scene: Scene, method_name: str, seed: int, model, endmembers: dict | None = None) -> dict:
+def fit_scene(scene: Scene, model, window: tuple[slice, slice] | None = None) -> np.ndarray:
+    """Fit `model` on the scene (or on its `window` only); the abundances (p, H, W) of the whole scene."""
+    if window is None:
+        return model.fit(scene.cube).abundances_
+    model.fit(scene.cube[window])
+    return model.transform(scene.cube)
+
+
+def fit_and_score(scene: Scene, method_name: str, seed: int, model, endmembers: dict | None = None,
+                  window: tuple[slice, slice] | None = None) -> tuple[dict, np.ndarray]:
+    """(metrics, abundances (p, H, W) of the whole scene)."""
     p = model.n_endmembers
     start = time.perf_counter()
-    model.fit(scene.cube)
+    abundances = fit_scene(scene, model, window)
     wall = time.perf_counter() - start
-    E_hat, A_hat = model.endmembers_, model.abundances_.reshape(p, -1)
+    E_hat, A_hat = model.endmembers_, abundances.reshape(p, -1)
     metrics: dict[str, Any] = {"dataset": scene.name, "method": method_name, "seed": seed,
                                "fit_time_s": float(model.fit_time_), "wall_time_s": wall, "n_endmembers": p}
     if endmembers and "hysime" in endmembers:
@@ -240,24 +258,25 @@ def fit_and_score(scene: Scene, method_name: str, seed: int, model, endmembers: 
         metrics.update(score(E_hat, A_hat, scene.E, scene.A, Y=scene.Y))
     else:
         metrics["reconstruction_rmse"] = reconstruction_rmse(scene.Y, E_hat, A_hat)
-    return metrics
+    return metrics, abundances
 
 
-def write_run(out: Path, scene: Scene, model, metrics: dict, config: dict, figures: bool) -> None:
+def write_run(out: Path, scene: Scene, model, abundances: np.ndarray, metrics: dict, config: dict,
+              figures: bool) -> None:
     # config.yaml goes first and comes back last: a run killed while writing never looks finished.
     (out / "config.yaml").unlink(missing_ok=True)
     for name in FIGURE_FILES:  # figures of a replaced run would describe the wrong fit
         (out / name).unlink(missing_ok=True)
     p = model.endmembers_.shape[1]
     # HySUPP-compatible: E (L, p), A (p, N) with row-major pixels, plus the image size.
-    estimates = {"E": model.endmembers_, "A": model.abundances_.reshape(p, -1), "H": scene.H, "W": scene.W, "p": p}
+    estimates = {"E": model.endmembers_, "A": abundances.reshape(p, -1), "H": scene.H, "W": scene.W, "p": p}
     atomic_write(out / "estimates.mat", lambda handle: scipy.io.savemat(handle, estimates))
     labels = endmember_labels(p, scene.material_names, metrics.get("matching"))
-    write_abundance_geotiff(out / "abundances.tif", model.abundances_, labels, scene.georeference)
+    write_abundance_geotiff(out / "abundances.tif", abundances, labels, scene.georeference)
     write_endmembers_csv(out / "endmembers.csv", model.endmembers_, labels, scene.wavelengths)
     atomic_write(out / "metrics.json", lambda handle: json.dump(plain(metrics), handle, indent=2), mode="w")
     if figures:
-        write_run_figures(out, scene, model.endmembers_, model.abundances_, metrics, getattr(model, "history_", {}))
+        write_run_figures(out, scene, model.endmembers_, abundances, metrics, getattr(model, "history_", {}))
     atomic_write(out / "config.yaml", lambda handle: yaml.dump(config, handle, ConfigDumper, sort_keys=False),
                  mode="w")
 

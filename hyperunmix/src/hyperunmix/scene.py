@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hyperunmix.blocks import is_memory_mapped, iter_row_blocks
 from hyperunmix.files import atomic_write
 from hyperunmix.validation import SceneError, validate_scene
 
@@ -28,7 +29,8 @@ class Georeference:
 class Scene:
     """A hyperspectral scene with optional ground truth.
 
-    Y: (L, N) float64, pixels in row-major order; E: (L, p) endmembers as columns;
+    Y: (L, N) float64, pixels in row-major order (or, for a memory-mapped file, the mapped
+    floating-point pixels, never copied whole); E: (L, p) endmembers as columns;
     A: (p, N) abundances in the same pixel order as Y; wavelengths: (L,) band centres in nm.
     """
 
@@ -79,7 +81,14 @@ class Scene:
         digest = hashlib.sha256()
         for array in (self.Y, self.E, self.A):
             digest.update(b"none" if array is None else repr(array.shape).encode())
-            if array is not None:
+            if array is None:
+                continue
+            if array is self.Y and is_memory_mapped(array):
+                # A mapped file is hashed pixel by pixel, block by block (reading it band by band
+                # would sweep the whole file once per band).
+                for _, block in iter_row_blocks(self.cube, dtype="<f8"):
+                    digest.update(block)
+            else:
                 digest.update(np.ascontiguousarray(array, dtype="<f8"))
         return {"shape": [self.H, self.W, self.n_bands], "sha256": digest.hexdigest()}
 

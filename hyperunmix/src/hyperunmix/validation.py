@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hyperunmix.blocks import iter_row_blocks
+
 if TYPE_CHECKING:
     from hyperunmix.scene import Scene
 
@@ -28,21 +30,64 @@ class SceneWarning(UserWarning):
 def check_cube(cube, what: str = "cube", *, allow_negative: bool = False) -> None:
     """Raise SceneError naming the first problem of an H x W x L cube: wrong shape, values that are
     not real numbers (text, complex), no pixels, NaN/inf, negative values (unless
-    `allow_negative`), all-zero bands, or every pixel the same spectrum (nothing to unmix)."""
-    cube = np.asarray(cube)
+    `allow_negative`), all-zero bands, or every pixel the same spectrum (nothing to unmix).
+
+    The cube is read in blocks of image rows (`hyperunmix.blocks`), so checking a memory-mapped
+    scene of any size holds one block at a time; blocks come in row-major order, so the first
+    bad value found is the first in the scene."""
+    cube = cube if isinstance(cube, np.ndarray) else np.asarray(cube)
     if cube.ndim != 3:
         raise SceneError(f"{what} must have shape (H, W, L), got an array of shape {cube.shape}")
     check_real(cube, what)
     H, W, L = cube.shape
     if cube.size == 0:
         raise SceneError(f"{what} is empty: {H} x {W} pixels x {L} bands")
-    check_values(cube, what, CUBE_AXES, allow_negative=allow_negative)
-    zero_bands = np.flatnonzero(~np.any(cube != 0, axis=(0, 1)))
+    counts = BadValues()
+    nonzero_bands = np.zeros(L, dtype=bool)
+    first_pixel, all_same = cube[0, 0], True
+    for start, block in iter_row_blocks(cube):
+        counts.add(block, start, allow_negative)
+        nonzero_bands |= np.any(block != 0, axis=(0, 1))
+        all_same = all_same and bool(np.all(block == first_pixel))
+    counts.raise_first(what, CUBE_AXES, allow_negative)
+    zero_bands = np.flatnonzero(~nonzero_bands)
     if zero_bands.size:
         raise SceneError(f"{what}: band(s) {zero_bands[:10].tolist()} are all zero (0-based band index)")
-    pixels = cube.reshape(H * W, L)
-    if np.all(pixels == pixels[:1]):
+    if all_same:
         raise SceneError(f"{what}: all {H * W} pixels have the same spectrum; there is nothing to unmix")
+
+
+class BadValues:
+    """Counts of NaN/inf and negative entries over row blocks, with the first of each."""
+
+    def __init__(self) -> None:
+        self.bad = self.negative = 0
+        self.first_bad = self.first_negative = None  # (position, value)
+
+    def add(self, block: np.ndarray, row_start: int, allow_negative: bool) -> None:
+        offset = np.array([row_start] + [0] * (block.ndim - 1))
+        bad = ~np.isfinite(block)
+        self.bad += int(bad.sum())
+        if self.first_bad is None and bad.any():
+            self.first_bad = (np.argwhere(bad)[0] + offset, None)
+        if allow_negative:
+            return
+        negative = block < 0  # NaN compares False: never counted twice
+        self.negative += int(negative.sum())
+        if self.first_negative is None and negative.any():
+            first = np.argwhere(negative)[0]
+            self.first_negative = (first + offset, block[tuple(first)])
+
+    def raise_first(self, what: str, axes: tuple[str, ...], allow_negative: bool) -> None:
+        if self.bad:
+            raise SceneError(f"{what} contains {self.bad} NaN/infinite value(s), first at "
+                             f"{describe_position(self.first_bad[0], axes)}")
+        if self.negative and not allow_negative:
+            where, value = self.first_negative
+            raise SceneError(
+                f"{what} contains {self.negative} negative value(s), first at {describe_position(where, axes)} "
+                f"(value {value:.4g}); {NEGATIVE_HINT}"
+            )
 
 
 def check_real(array: np.ndarray, what: str) -> None:
@@ -58,23 +103,13 @@ def check_real(array: np.ndarray, what: str) -> None:
 
 def check_values(array: np.ndarray, what: str, axes: tuple[str, ...], allow_negative: bool = False) -> None:
     """Reject NaN/inf (and negative) entries, naming the first one by its position along `axes`."""
-    bad = ~np.isfinite(array)
-    if bad.any():
-        raise SceneError(f"{what} contains {int(bad.sum())} NaN/infinite value(s), first at {position(bad, axes)}")
-    if allow_negative:
-        return
-    negative = array < 0
-    if negative.any():
-        first = tuple(np.argwhere(negative)[0])
-        raise SceneError(
-            f"{what} contains {int(negative.sum())} negative value(s), first at {position(negative, axes)} "
-            f"(value {array[first]:.4g}); {NEGATIVE_HINT}"
-        )
+    counts = BadValues()
+    counts.add(array, 0, allow_negative)
+    counts.raise_first(what, axes, allow_negative)
 
 
-def position(mask: np.ndarray, axes: tuple[str, ...]) -> str:
-    """'row 5, column 0, band 2' for the first True entry of `mask`."""
-    return ", ".join(f"{axis} {int(i)}" for axis, i in zip(axes, np.argwhere(mask)[0]))
+def describe_position(index, axes: tuple[str, ...]) -> str:
+    return ", ".join(f"{axis} {int(i)}" for axis, i in zip(axes, index))
 
 
 def validate_scene(scene: Scene) -> None:

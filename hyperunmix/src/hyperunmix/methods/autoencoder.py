@@ -10,9 +10,10 @@ import torch
 from sklearn.utils._param_validation import StrOptions
 from torch import nn
 
-from hyperunmix.methods.base import NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_REAL, TILE_PIXELS, Unmixer
-from hyperunmix.methods.gauss import spectral_angle
+from hyperunmix.methods.base import NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_REAL, SAMPLE_SIZE, TILE_PIXELS, Unmixer
+from hyperunmix.methods.losses import spectral_angle
 from hyperunmix.methods.patches import predict_tiled
+from hyperunmix.methods.training import seeded, shuffled, train
 
 
 class DenseAutoencoder(nn.Module):
@@ -35,7 +36,9 @@ class DenseAutoencoder(nn.Module):
 
 
 class Autoencoder(Unmixer):
-    """DAEU-style autoencoder; `history_["sad"]` holds the per-epoch loss."""
+    """DAEU-style autoencoder; `history_["sad"]` holds the per-epoch loss. A scene of more than
+    `sample_size` pixels trains on a seeded sample of that many pixels (minibatches of single
+    pixels need no neighbours, so the sample is all the training set needs)."""
 
     _parameter_constraints = {
         **Unmixer._parameter_constraints,
@@ -47,8 +50,9 @@ class Autoencoder(Unmixer):
     }
 
     def __init__(self, n_endmembers: int, random_state: int | None = None, epochs: int = 30,
-                 batch_size: int = 128, lr: float = 1e-3, init: str = "vca", softmax_scale: float = 1.0):
-        super().__init__(n_endmembers, random_state)
+                 batch_size: int = 128, lr: float = 1e-3, init: str = "vca", softmax_scale: float = 1.0,
+                 sample_size: int = SAMPLE_SIZE):
+        super().__init__(n_endmembers, random_state, sample_size)
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -64,29 +68,23 @@ class Autoencoder(Unmixer):
         return np.clip(E, 0.0, None)
 
     def _fit(self, Y: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
-        seed = 0 if self.random_state is None else int(self.random_state)
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
+        seed, gen = seeded(self.random_state)
         pixels = torch.as_tensor(Y.T, dtype=torch.float32)
         self.model_ = DenseAutoencoder(Y.shape[0], self.n_endmembers, self.softmax_scale)
         initial = self._initial_endmembers(Y, seed)
         if initial is not None:
             with torch.no_grad():
                 self.model_.decoder.copy_(torch.as_tensor(initial, dtype=torch.float32))
-        optimizer = torch.optim.Adam(self.model_.parameters(), lr=self.lr)
-        curve = self.history_.setdefault("sad", [])
-        for _ in range(self.epochs):
-            self.model_.train()
-            total = 0.0
-            for index in torch.randperm(len(pixels), generator=gen).split(self.batch_size):
-                loss = spectral_angle(self.model_(pixels[index]), pixels[index])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    self.model_.decoder.clamp_(min=0.0)
-                total += loss.item() * len(index)
-            curve.append(total / len(pixels))
+
+        @torch.no_grad()
+        def non_negative_decoder() -> None:
+            self.model_.decoder.clamp_(min=0.0)
+
+        self.model_.train()
+        train(torch.optim.Adam(self.model_.parameters(), lr=self.lr),
+              lambda index, _: spectral_angle(self.model_(pixels[index]), pixels[index]),
+              shuffled(len(pixels), self.batch_size, gen), self.epochs, self.history_.setdefault("sad", []),
+              after_step=non_negative_decoder, stage="autoencoder")
         self.model_.eval()
         with torch.no_grad():
             A = self.model_.abundances(pixels).T

@@ -6,6 +6,13 @@ abundances of a new cube with the fitted bands. Constructors only store their pa
 parameters are checked when `fit` runs, as scikit-learn estimators do: each class lists
 `_parameter_constraints` (types, ranges, allowed strings) and scikit-learn's validator raises
 an error that names the parameter, what it must be and what it got.
+
+Scenes of any size: a scene of at most `sample_size` pixels is fitted whole in memory, in
+float64, exactly as on the standard scenes. A larger one is never copied whole: the cube (a
+memory-mapped file, say) is read in blocks of image rows, the method fits on a seeded random
+sample of `sample_size` pixels (the deep methods on minibatches read from the cube), and the
+abundances of every pixel come from `transform`, tile by tile. Peak memory is then set by
+`sample_size` and the tile size, not by the scene.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval
 
+from hyperunmix.blocks import BLOCK_PIXELS, iter_row_blocks, sample_pixels
 from hyperunmix.fcls import fcls
 from hyperunmix.validation import check_cube
 
@@ -27,7 +35,12 @@ POSITIVE_REAL = Interval(Real, 0, None, closed="neither")
 UNIT_INTERVAL = Interval(Real, 0, 1, closed="both")
 # Pixels per tile of `transform`: tiles of whole image rows keep memory bounded on large cubes
 # (64k pixels x 200 bands in float64 is 100 MiB); fcls solves in chunks of the same size.
-TILE_PIXELS = 65536
+TILE_PIXELS = BLOCK_PIXELS
+# Scenes with more pixels than this are fitted on a sample of this many. Above the standard
+# scenes (Samson 9025, Jasper Ridge 10000 pixels), whose results stay those of the whole-scene
+# fit; 50k pixels x 200 bands is 80 MiB in float64, and a GAUSS epoch over 50k neighbourhoods
+# takes about a minute on two cores.
+SAMPLE_SIZE = 50_000
 
 
 class Unmixer(TransformerMixin, BaseEstimator):
@@ -44,11 +57,13 @@ class Unmixer(TransformerMixin, BaseEstimator):
         "n_endmembers": [Interval(Integral, 2, None, closed="left")],
         # Seeds reach numpy, torch and scikit-learn; the last takes 0 <= seed < 2**32.
         "random_state": [Interval(Integral, 0, 2**32 - 1, closed="both"), None],
+        "sample_size": [Interval(Integral, 2, None, closed="left")],
     }
 
-    def __init__(self, n_endmembers: int, random_state: int | None = None):
+    def __init__(self, n_endmembers: int, random_state: int | None = None, sample_size: int = SAMPLE_SIZE):
         self.n_endmembers = n_endmembers
         self.random_state = random_state
+        self.sample_size = sample_size
 
     def validate_params(self) -> None:
         """Raise an error naming the first parameter outside its constraints. `fit` calls it; a
@@ -56,18 +71,27 @@ class Unmixer(TransformerMixin, BaseEstimator):
         self._validate_params()
 
     def fit(self, cube: np.ndarray, y=None) -> "Unmixer":
+        """Learn `endmembers_` and `abundances_` of an H x W x L cube (any array, a memory map
+        included); see the module's note on scenes larger than `sample_size` pixels."""
         self.validate_params()
         check_cube(cube, "cube")
-        cube = np.asarray(cube).astype(np.float64, copy=False)
+        cube = cube if isinstance(cube, np.ndarray) else np.asarray(cube)
         h, w, bands = cube.shape
         if self.n_endmembers > min(h * w, bands):
             raise ValueError(
                 f"n_endmembers={self.n_endmembers} must be between 2 and min(pixels, bands) = {min(h * w, bands)}"
             )
-        Y = cube.reshape(h * w, bands).T
+        whole = h * w <= self.sample_size
+        if not whole and self.sample_size < self.n_endmembers:
+            raise ValueError(f"sample_size={self.sample_size} must be at least n_endmembers={self.n_endmembers}")
         self.history_: dict[str, list[float]] = {}
         start = time.perf_counter()
-        E, A = self._fit(Y, h, w)
+        if whole:
+            Y = cube.astype(np.float64, copy=False).reshape(h * w, bands).T
+            E, A = self._fit(Y, h, w)
+        else:
+            self.endmembers_ = np.asarray(self._fit_large(cube), dtype=np.float64)
+            E, A = self.endmembers_, self._transform(cube)
         self.fit_time_ = time.perf_counter() - start
         self.endmembers_ = np.asarray(E, dtype=np.float64)
         self.abundances_ = np.asarray(A, dtype=np.float64).reshape(self.n_endmembers, h, w)
@@ -79,6 +103,18 @@ class Unmixer(TransformerMixin, BaseEstimator):
 
     def _fit(self, Y: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    def _fit_large(self, cube: np.ndarray) -> np.ndarray:
+        """Endmembers (L, p) of a scene larger than `sample_size`: `_fit_sample` on a seeded
+        sample of pixels (`sample_indices_`, row-major). Methods that need the image itself
+        (neighbourhoods, crops) override this."""
+        rng = np.random.default_rng(self.random_state)
+        self.sample_indices_, Y = sample_pixels(cube, self.sample_size, rng)
+        return self._fit_sample(Y)
+
+    def _fit_sample(self, Y: np.ndarray) -> np.ndarray:
+        """Endmembers (L, p) fitted on sampled pixels Y (L, n), as if they were one image row."""
+        return self._fit(Y, Y.shape[1], 1)[0]
 
     def transform(self, cube: np.ndarray) -> np.ndarray:
         """Abundances (p, H, W) of any cube with the fitted bands, in tiles of whole image rows so
@@ -97,9 +133,8 @@ class Unmixer(TransformerMixin, BaseEstimator):
     def _transform(self, cube: np.ndarray) -> np.ndarray:
         """(p, N) abundances: FCLSU with the fitted endmembers, tile by tile."""
         h, w, bands = cube.shape
-        rows = max(1, TILE_PIXELS // w)
         out = np.empty((self.n_endmembers, h * w))
-        for start in range(0, h, rows):
-            tile = np.asarray(cube[start:start + rows], dtype=np.float64).reshape(-1, bands).T
-            out[:, start * w:start * w + tile.shape[1]] = fcls(tile, self.endmembers_)
+        for start, tile in iter_row_blocks(cube, TILE_PIXELS, np.float64):
+            pixels = tile.reshape(-1, bands).T
+            out[:, start * w:start * w + pixels.shape[1]] = fcls(pixels, self.endmembers_)
         return out

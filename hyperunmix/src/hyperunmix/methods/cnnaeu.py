@@ -6,13 +6,17 @@ decoder, RMSprop 3e-4); the decoder is kept non-negative by projection, and the 
 are the decoder kernels averaged over space."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
 
-from hyperunmix.methods.base import NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_REAL, TILE_PIXELS, Unmixer
-from hyperunmix.methods.gauss import spectral_angle
+from hyperunmix.blocks import release
+from hyperunmix.methods.base import NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_REAL, SAMPLE_SIZE, TILE_PIXELS, Unmixer
+from hyperunmix.methods.losses import pixel_spectral_angle
 from hyperunmix.methods.patches import predict_tiled
+from hyperunmix.methods.training import seeded, train
 
 
 class ConvAutoencoder(nn.Module):
@@ -38,17 +42,33 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(self.abundances(image))
 
 
-def random_crops(image: torch.Tensor, size: int, count: int, generator: torch.Generator) -> torch.Tensor:
-    """`count` random size x size crops of a (L, H, W) image -> (count, L, size, size)."""
-    _, height, width = image.shape
+def crop_corners(height: int, width: int, size: int, count: int, generator: torch.Generator):
+    """Top-left corners of `count` random crops of (at most) size x size, and the crop's shape."""
     size_h, size_w = min(size, height), min(size, width)
     rows = torch.randint(0, height - size_h + 1, (count,), generator=generator)
     cols = torch.randint(0, width - size_w + 1, (count,), generator=generator)
-    return torch.stack([image[:, r:r + size_h, c:c + size_w] for r, c in zip(rows.tolist(), cols.tolist())])
+    return zip(rows.tolist(), cols.tolist()), size_h, size_w
+
+
+def random_crops(image: torch.Tensor, size: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` random size x size crops of a (L, H, W) image -> (count, L, size, size)."""
+    corners, size_h, size_w = crop_corners(image.shape[1], image.shape[2], size, count, generator)
+    return torch.stack([image[:, r:r + size_h, c:c + size_w] for r, c in corners])
+
+
+def cube_crops(cube: np.ndarray, size: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """The same crops as `random_crops`, read from an (H, W, L) cube (a memory map is read only
+    where the crops lie) -> (count, L, size, size) float32."""
+    corners, size_h, size_w = crop_corners(cube.shape[0], cube.shape[1], size, count, generator)
+    crops = np.stack([np.asarray(cube[r:r + size_h, c:c + size_w], dtype=np.float32) for r, c in corners])
+    release(cube)
+    return torch.from_numpy(crops).permute(0, 3, 1, 2)
 
 
 class CNNAEU(Unmixer):
-    """Convolutional autoencoder unmixing; `history_["sad"]` holds the per-epoch loss."""
+    """Convolutional autoencoder unmixing; `history_["sad"]` holds the per-epoch loss. It trains on
+    random crops; a scene of more than `sample_size` pixels is never loaded whole: the crops are
+    read from the cube and the abundances come from `transform`."""
 
     _parameter_constraints = {
         **Unmixer._parameter_constraints,
@@ -63,8 +83,9 @@ class CNNAEU(Unmixer):
 
     def __init__(self, n_endmembers: int, random_state: int | None = None, epochs: int = 120,
                  patch_size: int = 40, patches_per_epoch: int = 16, batch_size: int = 8,
-                 lr: float = 3e-4, filters: int = 48, decoder_kernel: int = 11):
-        super().__init__(n_endmembers, random_state)
+                 lr: float = 3e-4, filters: int = 48, decoder_kernel: int = 11,
+                 sample_size: int = SAMPLE_SIZE):
+        super().__init__(n_endmembers, random_state, sample_size)
         self.epochs = epochs
         self.patch_size = patch_size
         self.patches_per_epoch = patches_per_epoch
@@ -73,39 +94,42 @@ class CNNAEU(Unmixer):
         self.filters = filters
         self.decoder_kernel = decoder_kernel
 
-    def _fit(self, Y: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
-        seed = 0 if self.random_state is None else int(self.random_state)
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
+    def _train_model(self, bands: int, height: int, width: int,
+                     crops: Callable[[torch.Generator], torch.Tensor]) -> None:
+        """Train on `crops(generator)` (patches_per_epoch crops, drawn afresh every epoch)."""
+        _, gen = seeded(self.random_state)
         if self.decoder_kernel % 2 == 0:  # 'same' padding needs an odd kernel
             raise ValueError(f"decoder_kernel must be odd, got {self.decoder_kernel}")
+        kernel = min(self.decoder_kernel, 2 * (min(height, width) // 2) - 1)  # reflect pad must fit
+        self.model_ = ConvAutoencoder(bands, self.n_endmembers, self.filters, kernel)
+
+        @torch.no_grad()
+        def non_negative_decoder() -> None:
+            self.model_.decoder.weight.clamp_(min=0.0)
+
+        self.model_.train()
+        train(torch.optim.RMSprop(self.model_.parameters(), lr=self.lr),
+              lambda batch, _: pixel_spectral_angle(self.model_(batch), batch),
+              lambda epoch: crops(gen).split(self.batch_size), self.epochs, self.history_.setdefault("sad", []),
+              after_step=non_negative_decoder, stage="cnnaeu")
+        self.model_.eval()
+
+    def _endmembers(self) -> np.ndarray:
+        with torch.no_grad():  # the decoder kernels averaged over space: (L, p)
+            return self.model_.decoder.weight.mean(dim=(2, 3)).numpy().astype(np.float64)
+
+    def _fit(self, Y: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
         L = Y.shape[0]
         image = torch.as_tensor(Y, dtype=torch.float32).reshape(L, H, W)
-        kernel = min(self.decoder_kernel, 2 * (min(H, W) // 2) - 1)  # reflect pad must fit
-        self.model_ = ConvAutoencoder(L, self.n_endmembers, self.filters, kernel)
-        optimizer = torch.optim.RMSprop(self.model_.parameters(), lr=self.lr)
-        curve = self.history_.setdefault("sad", [])
-        for _ in range(self.epochs):
-            self.model_.train()
-            crops = random_crops(image, self.patch_size, self.patches_per_epoch, gen)
-            total = 0.0
-            for batch in crops.split(self.batch_size):
-                estimate = self.model_(batch)
-                # Spectral angle per pixel: flatten (B, L, h, w) to (B*h*w, L).
-                loss = spectral_angle(estimate.permute(0, 2, 3, 1).reshape(-1, L),
-                                      batch.permute(0, 2, 3, 1).reshape(-1, L))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    self.model_.decoder.weight.clamp_(min=0.0)
-                total += loss.item() * len(batch)
-            curve.append(total / len(crops))
-        self.model_.eval()
+        self._train_model(L, H, W, lambda gen: random_crops(image, self.patch_size, self.patches_per_epoch, gen))
         with torch.no_grad():
             A = self.model_.abundances(image.unsqueeze(0))[0].reshape(self.n_endmembers, -1)
-            E = self.model_.decoder.weight.mean(dim=(2, 3))  # (L, p)
-        return E.numpy().astype(np.float64), A.numpy().astype(np.float64)
+        return self._endmembers(), A.numpy().astype(np.float64)
+
+    def _fit_large(self, cube: np.ndarray) -> np.ndarray:
+        H, W, L = cube.shape
+        self._train_model(L, H, W, lambda gen: cube_crops(cube, self.patch_size, self.patches_per_epoch, gen))
+        return self._endmembers()
 
     def _transform(self, cube: np.ndarray) -> np.ndarray:
         """(p, N) abundances from the encoder in row tiles. Each tile comes with a reflected

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.utils._param_validation import StrOptions
-from torch import nn
 
 from hyperunmix.methods import METHODS
 from hyperunmix.methods.base import (
@@ -25,48 +24,15 @@ from hyperunmix.methods.base import (
     NON_NEGATIVE_REAL,
     POSITIVE_INT,
     POSITIVE_REAL,
+    SAMPLE_SIZE,
     UNIT_INTERVAL,
     Unmixer,
 )
+from hyperunmix.methods.losses import guide_loss, reconstruction_loss
+from hyperunmix.methods.neighbourhoods import Streamed, Unfolded
 from hyperunmix.methods.networks import ApproximationNetwork, MixingNetwork, UnmixingNetwork
-from hyperunmix.methods.patches import extract_patches, predict_tiled
-
-
-def spectral_angle(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean spectral angle (radians) between matching rows; clamped so acos stays differentiable."""
-    cosine = F.cosine_similarity(estimate, target, dim=1, eps=1e-8)
-    return torch.acos(cosine.clamp(-1 + 1e-6, 1 - 1e-6)).mean()
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against a target distribution per row (one-hot or soft)."""
-    return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
-
-
-def _train(
-    parameters: list[nn.Parameter],
-    batch_loss: Callable[[torch.Tensor, int], torch.Tensor],
-    n_samples: int,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    generator: torch.Generator,
-    curve: list[float],
-    after_step: Callable[[], None] | None = None,
-) -> None:
-    """Plain minibatch Adam loop over shuffled pixel indices; appends the epoch mean loss."""
-    optimizer = torch.optim.Adam(parameters, lr=lr)
-    for epoch in range(epochs):
-        total = 0.0
-        for index in torch.randperm(n_samples, generator=generator).split(batch_size):
-            loss = batch_loss(index, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if after_step is not None:
-                after_step()
-            total += loss.item() * len(index)
-        curve.append(total / n_samples)
+from hyperunmix.methods.patches import predict_tiled
+from hyperunmix.methods.training import seeded, shuffled, train
 
 
 class GAUSS(Unmixer):
@@ -86,6 +52,12 @@ class GAUSS(Unmixer):
     difference to the right and lower neighbours (off by default: it hurt both scenes). The
     guide targets fade (decay 0.8) so that the prime method's own errors do not cap the result;
     with no decay, Jasper Ridge's VCA abundances held GAUSS_prime at ~16 deg.
+
+    A scene of more than `sample_size` pixels trains on a seeded sample of that many pixels, their
+    neighbourhoods read from the cube per minibatch (`neighbourhoods.Streamed`); the pseudo-GT is
+    scikit-learn's `KMeans` on the sample's AN output: the same exact Lloyd with restarts as on
+    a whole scene, on a set that is bounded anyway, where `MiniBatchKMeans` would add a second
+    approximation. The abundances of every pixel then come from `transform`.
     """
 
     _parameter_constraints = {
@@ -146,8 +118,9 @@ class GAUSS(Unmixer):
         prime_method: str = "vca-fcls",
         prime_params: dict | None = None,
         prime_weight: float = 1.0,
+        sample_size: int = SAMPLE_SIZE,
     ):
-        super().__init__(n_endmembers, random_state)
+        super().__init__(n_endmembers, random_state, sample_size)
         self.variant = variant
         self.window = window
         self.an_hidden = an_hidden
@@ -179,24 +152,9 @@ class GAUSS(Unmixer):
         if self.device != "cpu" and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} requested but CUDA is not available")
 
-    def _seed(self) -> int:
-        if self.random_state is None:
-            return int(np.random.default_rng().integers(2**31 - 1))
-        return int(self.random_state)
-
     def reconstruction_loss(self, estimate: torch.Tensor, target: torch.Tensor,
                             mse_weight: float = 1.0) -> torch.Tensor:
-        """`mse_weight` x MSE relative to the scene's mean energy (scale-free) + SAD term."""
-        loss = mse_weight * F.mse_loss(estimate, target) / self.energy_ if mse_weight else 0.0
-        if self.sad_weight:
-            loss = loss + self.sad_weight * spectral_angle(estimate, target)
-        return loss
-
-    def guide_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """UN loss against (pseudo or prime) abundance targets: cross-entropy or MSE."""
-        if self.un_loss == "ce":
-            return soft_cross_entropy(logits, targets)
-        return F.mse_loss(torch.softmax(logits, dim=1), targets)
+        return reconstruction_loss(estimate, target, mse_weight, self.sad_weight, self.energy_)
 
     def mixing_loss(self, spectra: torch.Tensor) -> torch.Tensor:
         """Stage-1 MN loss: rebuild the AN output from the UN abundances, detached so that the
@@ -204,38 +162,39 @@ class GAUSS(Unmixer):
         abundances = self.un_(spectra).detach()
         return self.reconstruction_loss(self.mn_(abundances), spectra)
 
-    # ---- stage 1 -------------------------------------------------------------------------
-    def _fit_approximation(self, patches: torch.Tensor, centre: torch.Tensor, gen: torch.Generator) -> None:
-        curve = self.history_.setdefault("an_mse", [])
-        _train(list(self.an_.parameters()),
-               lambda i, _: F.mse_loss(self.an_(patches[i]), centre[i]),
-               len(centre), self.an_epochs, self.batch_size, self.lr, gen, curve)
+    def _train(self, modules: list[torch.nn.Module], batch_loss: Callable[[torch.Tensor, int], torch.Tensor],
+               epochs: int, lr: float, gen: torch.Generator, curve: str,
+               after_step: Callable[[], None] | None = None) -> None:
+        """Adam on `modules` over shuffled minibatches of the training pixels."""
+        parameters = [q for m in modules for q in m.parameters()]
+        train(torch.optim.Adam(parameters, lr=lr), batch_loss, shuffled(self._source.n, self.batch_size, gen),
+              epochs, self.history_.setdefault(curve, []), after_step, stage=curve)
 
-    def _pseudo_ground_truth(self, approx: torch.Tensor, centre: torch.Tensor, seed: int) -> torch.Tensor:
-        data = (approx if self.kmeans_on == "approx" else centre).cpu().numpy()
+    # ---- stage 1 -------------------------------------------------------------------------
+    def _pseudo_ground_truth(self, approx: torch.Tensor, seed: int) -> torch.Tensor:
+        data = (approx if self.kmeans_on == "approx" else self._source.centre).cpu().numpy()
         labels = KMeans(self.n_endmembers, n_init=self.kmeans_n_init, random_state=seed).fit_predict(data)
         return F.one_hot(torch.as_tensor(labels, dtype=torch.long), self.n_endmembers).float().to(approx)
 
-    def _fit_stage1(self, patches: torch.Tensor, centre: torch.Tensor, seed: int, gen: torch.Generator) -> torch.Tensor:
-        L, p = centre.shape[1], self.n_endmembers
+    def _fit_stage1(self, seed: int, gen: torch.Generator) -> torch.Tensor:
+        """AN, then UN on the k-means pseudo-GT, then MN; returns the AN output (n, L)."""
+        source = self._source
+        L, p = source.centre.shape[1], self.n_endmembers
         self.an_ = ApproximationNetwork(L, self.window, self.an_hidden).to(self.device)
         self.un_ = UnmixingNetwork(L, p).to(self.device)
         self.mn_ = MixingNetwork(p, L, self.mn).to(self.device)
-        self._fit_approximation(patches, centre, gen)
+        self._train([self.an_], lambda i, _: F.mse_loss(self.an_(source.patches(i)), source.centre[i]),
+                    self.an_epochs, self.lr, gen, "an_mse")
         with torch.no_grad():
-            approx = self.an_(patches)
-        self.pseudo_gt_ = self._pseudo_ground_truth(approx, centre, seed)
-        _train(list(self.un_.parameters()),
-               lambda i, _: self.guide_loss(self.un_.logits(approx[i]), self.pseudo_gt_[i]),
-               len(approx), self.un_epochs, self.batch_size, self.lr, gen,
-               self.history_.setdefault("un_guide", []))
-        _train(list(self.mn_.parameters()), lambda i, _: self.mixing_loss(approx[i]),
-               len(approx), self.mn_epochs, self.batch_size, self.lr, gen,
-               self.history_.setdefault("mn_reconstruction", []), after_step=self.mn_.project)
+            approx = source.map(self.an_)
+        self.pseudo_gt_ = self._pseudo_ground_truth(approx, seed)
+        self._train([self.un_], lambda i, _: guide_loss(self.un_.logits(approx[i]), self.pseudo_gt_[i], self.un_loss),
+                    self.un_epochs, self.lr, gen, "un_guide")
+        self._train([self.mn_], lambda i, _: self.mixing_loss(approx[i]), self.mn_epochs, self.lr, gen,
+                    "mn_reconstruction", after_step=self.mn_.project)
         return approx
 
-    def _fit_stage2(self, cube: np.ndarray, patches: torch.Tensor, centre: torch.Tensor,
-                    approx: torch.Tensor, seed: int, gen: torch.Generator) -> None:
+    def _fit_stage2(self, cube: np.ndarray, approx: torch.Tensor, seed: int, gen: torch.Generator) -> None:
         """End-to-end training guided by the pseudo-GT ("blind") or a method's abundances ("prime")."""
         if self.variant == "stage1":
             return
@@ -244,33 +203,48 @@ class GAUSS(Unmixer):
         else:
             self.prime_targets_ = targets = self._prime_targets(cube, approx, seed)
             weight = self.prime_weight
-        self._end_to_end(patches, centre, approx, targets, lambda epoch: weight * self.decay**epoch,
-                         self.stage2_epochs, self.train_an, gen, self.stage2_lr)
+        self._end_to_end(approx, targets, lambda epoch: weight * self.decay**epoch, gen)
+
+    def _fit_networks(self, cube: np.ndarray, source: Unfolded | Streamed, seed: int, gen: torch.Generator) -> None:
+        self._source = source  # the training pixels, for the stages; not part of the fitted model
+        self.energy_ = source.energy
+        self.shape_ = cube.shape[:2]
+        try:
+            approx = self._fit_stage1(seed, gen)
+            self._fit_stage2(cube, approx, seed, gen)
+        finally:
+            del self._source
+        self.an_.eval(), self.un_.eval(), self.mn_.eval()
 
     def _fit(self, Y: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
         self._check_device()
-        seed = self._seed()
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
+        seed, gen = seeded(self.random_state)
         cube = Y.T.reshape(H, W, -1)
-        patches = extract_patches(cube, self.window).to(self.device)
-        centre = torch.as_tensor(Y.T, dtype=torch.float32, device=self.device)
-        self.energy_ = float(centre.pow(2).mean()) + 1e-12
-        self.shape_ = (H, W)
-        approx = self._fit_stage1(patches, centre, seed, gen)
-        self._fit_stage2(cube, patches, centre, approx, seed, gen)
-        self.an_.eval(), self.un_.eval(), self.mn_.eval()
+        source = Unfolded(cube, self.window, self.device)
+        self._fit_networks(cube, source, seed, gen)
         with torch.no_grad():
-            A = self.un_(self.an_(patches)).T.cpu().numpy()
+            A = self.un_(self.an_(source.all_patches)).T.cpu().numpy()
             E = self.mn_.endmembers().cpu().numpy()
         return E, A
+
+    def _fit_large(self, cube: np.ndarray) -> np.ndarray:
+        self._check_device()
+        seed, gen = seeded(self.random_state)
+        source = Streamed(cube, self.window, self.sample_size, np.random.default_rng(seed), self.device)
+        self.sample_indices_ = source.pixels
+        self._fit_networks(cube, source, seed, gen)
+        with torch.no_grad():
+            return self.mn_.endmembers().cpu().numpy()
 
     def _prime_targets(self, cube: np.ndarray, approx: torch.Tensor, seed: int) -> torch.Tensor:
         from hyperunmix.methods import make_method  # lazy: the registry imports this module
 
-        prime = make_method(self.prime_method, self.n_endmembers, seed, **(self.prime_params or {}))
+        params = {"sample_size": self.sample_size, **(self.prime_params or {})}
+        prime = make_method(self.prime_method, self.n_endmembers, seed, **params)
         self.prime_ = prime.fit(cube)
         targets = prime.abundances_.reshape(self.n_endmembers, -1).T
+        if not self._source.holds_every_pixel:
+            targets = targets[self._source.pixels]
         # Prime components come in their own order: align them with the stage-1 UN outputs.
         with torch.no_grad():
             stage1 = self.un_(approx).cpu().numpy()
@@ -288,39 +262,48 @@ class GAUSS(Unmixer):
                           self.n_endmembers, self.tile_pixels, image_input=True)
         return A.T
 
-    def _neighbours(self, index: torch.Tensor) -> torch.Tensor:
-        """Right and lower neighbour of each pixel (reflected at the last column / row)."""
+    # ---- stage 2 -------------------------------------------------------------------------
+    def _neighbours(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Right and lower neighbour of each scene pixel (reflected at the last column / row)."""
         height, width = self.shape_
-        row, col = index // width, index % width
+        row, col = pixels // width, pixels % width
         right = torch.where(col + 1 < width, col + 1, col - 1).clamp(min=0)
         down = torch.where(row + 1 < height, row + 1, row - 1).clamp(min=0)
         return torch.cat([row * width + right, down * width + col])
 
-    def _end_to_end(self, patches: torch.Tensor, centre: torch.Tensor, approx: torch.Tensor,
-                    targets: torch.Tensor, weight: Callable[[int], float], epochs: int,
-                    train_an: bool, gen: torch.Generator, lr: float) -> None:
+    def _neighbour_spectra(self, index: torch.Tensor, spectra_of: Callable[[torch.Tensor], torch.Tensor]):
+        """Spectra (2B, L) of the right and lower neighbours of training pixels `index`: looked up
+        when every pixel is a training pixel, else computed by the AN from the cube."""
+        neighbours = self._neighbours(self._source.scene_pixels(index))
+        if self._source.holds_every_pixel:
+            return spectra_of(neighbours)
+        with torch.set_grad_enabled(self.train_an and torch.is_grad_enabled()):
+            return self.an_(self._source.patches_at(neighbours.cpu().numpy()))
+
+    def _end_to_end(self, approx: torch.Tensor, targets: torch.Tensor, weight: Callable[[int], float],
+                    gen: torch.Generator) -> None:
         """Stage 2: UN -> MN trained on reconstruction + weight(epoch) * guide term
         + `smooth_weight` x squared abundance difference to the right and lower neighbours."""
         if not (self.stage2_mse_weight or self.sad_weight):
             raise ValueError("stage2_mse_weight and sad_weight are both 0: stage 2 would have no "
                              "reconstruction loss; set one of them above 0")
+        source, train_an = self._source, self.train_an
         modules = [self.un_, self.mn_] + ([self.an_] if train_an else [])
-        parameters = [q for m in modules for q in m.parameters()]
         names = ("stage2_reconstruction", "stage2_guide", "stage2_smoothness")
         curves = {k: self.history_.setdefault(k, []) for k in names}
         parts: dict[str, float] = dict.fromkeys(names, 0.0)
-        spectra_of = (lambda i: self.an_(patches[i])) if train_an else (lambda i: approx[i])
+        spectra_of = (lambda i: self.an_(source.patches(i))) if train_an else (lambda i: approx[i])
 
         def batch_loss(index: torch.Tensor, epoch: int) -> torch.Tensor:
             # Trained AN: rebuild the raw pixel (a moving reference would let both collapse).
-            spectra, reference = spectra_of(index), (centre[index] if train_an else approx[index])
+            spectra, reference = spectra_of(index), (source.centre[index] if train_an else approx[index])
             logits = self.un_.logits(spectra)
             abundances = torch.softmax(logits, dim=1)
             recon = self.reconstruction_loss(self.mn_(abundances), reference, self.stage2_mse_weight)
-            guide = self.guide_loss(logits, targets[index])
+            guide = guide_loss(logits, targets[index], self.un_loss)
             loss = recon + weight(epoch) * guide
             if self.smooth_weight:
-                neighbours = self.un_(spectra_of(self._neighbours(index)))
+                neighbours = self.un_(self._neighbour_spectra(index, spectra_of))
                 smooth = (neighbours - abundances.repeat(2, 1)).pow(2).sum(dim=1).mean()
                 loss = loss + self.smooth_weight * smooth
                 parts["stage2_smoothness"] += smooth.item() * len(index)
@@ -328,15 +311,11 @@ class GAUSS(Unmixer):
             parts["stage2_guide"] += guide.item() * len(index)
             return loss
 
-        total: list[float] = self.history_.setdefault("stage2_total", [])
         # One Adam run per epoch: the guide weight changes each epoch, and restarting the moment
         # estimates with it is the setting all reported numbers were measured with.
-        for epoch in range(epochs):
-            _train(parameters, lambda i, _: batch_loss(i, epoch), len(centre), 1, self.batch_size,
-                   lr, gen, total, after_step=self.mn_.project)
+        for epoch in range(self.stage2_epochs):
+            self._train(modules, lambda i, _: batch_loss(i, epoch), 1, self.stage2_lr, gen, "stage2_total",
+                        after_step=self.mn_.project)
             for key in parts:
-                curves[key].append(parts[key] / len(centre))
+                curves[key].append(parts[key] / source.n)
                 parts[key] = 0.0
-        if train_an:
-            with torch.no_grad():
-                approx.copy_(self.an_(patches))

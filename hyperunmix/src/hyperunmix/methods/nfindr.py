@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from hyperunmix.fcls import fcls
-from hyperunmix.methods.base import POSITIVE_INT, Unmixer
+from hyperunmix.methods.base import POSITIVE_INT, SAMPLE_SIZE, Unmixer
 
 
 def pca_reduce(Y: np.ndarray, d: int) -> np.ndarray:
@@ -58,8 +58,9 @@ class NFINDRFCLS(Unmixer):
 
     _parameter_constraints = {**Unmixer._parameter_constraints, "max_sweeps": [POSITIVE_INT]}
 
-    def __init__(self, n_endmembers: int, random_state: int | None = None, max_sweeps: int = 10):
-        super().__init__(n_endmembers, random_state)
+    def __init__(self, n_endmembers: int, random_state: int | None = None, max_sweeps: int = 10,
+                 sample_size: int = SAMPLE_SIZE):
+        super().__init__(n_endmembers, random_state, sample_size)
         self.max_sweeps = max_sweeps
 
     def _fit(self, Y, H, W):

@@ -8,7 +8,7 @@ from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import StrOptions
 
-from hyperunmix.methods.base import NON_NEGATIVE_REAL, POSITIVE_INT, UNIT_INTERVAL, Unmixer
+from hyperunmix.methods.base import NON_NEGATIVE_REAL, POSITIVE_INT, SAMPLE_SIZE, UNIT_INTERVAL, Unmixer
 
 
 def rescale_to_sum_one(W: np.ndarray, Hc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -40,8 +40,9 @@ class NMFUnmixer(Unmixer):
     }
 
     def __init__(self, n_endmembers: int, random_state: int | None = None, init: str = "random",
-                 max_iter: int = 300, tol: float = 1e-4, alpha_W: float = 0.0, l1_ratio: float = 0.0):
-        super().__init__(n_endmembers, random_state)
+                 max_iter: int = 300, tol: float = 1e-4, alpha_W: float = 0.0, l1_ratio: float = 0.0,
+                 sample_size: int = SAMPLE_SIZE):
+        super().__init__(n_endmembers, random_state, sample_size)
         self.init = init
         self.max_iter = max_iter
         self.tol = tol

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from hyperunmix.fcls import fcls
-from hyperunmix.methods.base import NON_NEGATIVE_INT, Unmixer
+from hyperunmix.methods.base import NON_NEGATIVE_INT, SAMPLE_SIZE, Unmixer
 from hyperunmix.scene import least_squares_scales
 
 
@@ -26,14 +26,18 @@ class OracleFCLS(Unmixer):
     }
 
     def __init__(self, n_endmembers: int, random_state: int | None = None, endmembers=None,
-                 rescale: bool = False, abundances=None, rescale_iterations: int = 20):
-        super().__init__(n_endmembers, random_state)
+                 rescale: bool = False, abundances=None, rescale_iterations: int = 20, sample_size: int = SAMPLE_SIZE):
+        super().__init__(n_endmembers, random_state, sample_size)
         self.endmembers = endmembers
         self.rescale = rescale
         self.abundances = abundances
         self.rescale_iterations = rescale_iterations
 
-    def _fit(self, Y, H, W):
+    def _fit_sample(self, Y):
+        return self._fit(Y, Y.shape[1], 1, self.sample_indices_)[0]
+
+    def _fit(self, Y, H, W, pixels=None):
+        """`pixels`: the scene pixels Y holds (a sample), to pick the matching true abundances."""
         if self.endmembers is None:
             raise ValueError("OracleFCLS needs endmembers=E_true (L, p)")
         E = np.asarray(self.endmembers, dtype=np.float64)
@@ -41,6 +45,7 @@ class OracleFCLS(Unmixer):
             raise ValueError(f"endmembers must have shape (L={Y.shape[0]}, p={self.n_endmembers}), got {E.shape}")
         if self.rescale and self.abundances is not None:
             A_true = np.asarray(self.abundances, dtype=np.float64).reshape(self.n_endmembers, -1)
+            A_true = A_true if pixels is None else A_true[:, pixels]
             E = E * least_squares_scales(Y, E, A_true)[None, :]
             return E, fcls(Y, E)
         A = fcls(Y, E)

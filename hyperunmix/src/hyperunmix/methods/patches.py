@@ -7,6 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hyperunmix.blocks import release
+
 
 def _check_window(window: int, height: int, width: int) -> int:
     if window < 1 or window % 2 == 0:
@@ -56,6 +58,22 @@ def _reflect_index(index: np.ndarray, size: int) -> np.ndarray:
     return np.where(index >= size, 2 * (size - 1) - index, index)
 
 
+def gather_patches(cube: np.ndarray, pixels: np.ndarray, window: int = 3,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The reflect-padded w x w neighbourhoods of some pixels (row-major indices), read straight
+    from the cube, so a memory-mapped scene is read only where they lie: (n, L*w*w), equal to
+    `extract_patches(cube, window)[pixels]` without unfolding the whole scene."""
+    height, width, bands = cube.shape
+    pad = _check_window(window, height, width)
+    offsets = np.arange(-pad, pad + 1)
+    rows = _reflect_index(pixels[:, None] // width + offsets, height)  # (n, w)
+    cols = _reflect_index(pixels[:, None] % width + offsets, width)
+    values = np.asarray(cube[rows[:, :, None], cols[:, None, :]], dtype=np.float32)  # (n, w, w, L)
+    release(cube)
+    # unfold's feature order is (band, row, col)
+    return torch.as_tensor(values.transpose(0, 3, 1, 2).reshape(len(pixels), -1), dtype=dtype)
+
+
 def iter_image_tiles(
     cube: np.ndarray | torch.Tensor,
     window: int = 3,
@@ -75,10 +93,12 @@ def iter_image_tiles(
         row_end = min(height, row_start + rows_per_tile)
         rows = _reflect_index(np.arange(row_start - pad, row_end + pad), height)
         block = _to_tensor(np.asarray(cube[rows]) if isinstance(cube, np.ndarray) else cube[rows], dtype)
+        release(cube)
         image = block.permute(2, 0, 1).unsqueeze(0)  # (1, L, rows + 2 pad, W)
         if pad:
             image = F.pad(image, (pad, pad, 0, 0), mode="reflect")
         yield row_start * width, row_end * width, image
+        del block, image  # before the next tile is read: two tiles at once would double the peak
 
 
 def iter_patch_tiles(
@@ -123,4 +143,5 @@ def predict_tiled(
             if not flatten:
                 image = image.reshape(-1, cube.shape[2], window, window)
         output[start:end] = model(image).numpy()
+        del image  # see iter_image_tiles
     return output

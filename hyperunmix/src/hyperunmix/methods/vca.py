@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from hyperunmix.fcls import fcls
-from hyperunmix.methods.base import Unmixer
+from hyperunmix.methods.base import SAMPLE_SIZE, Unmixer
 
 
 def estimate_snr(Y: np.ndarray, mean: np.ndarray, projected: np.ndarray) -> float:
@@ -78,8 +78,9 @@ class VCAFCLS(Unmixer):
 
     _parameter_constraints = {**Unmixer._parameter_constraints, "use_projected": ["boolean"]}
 
-    def __init__(self, n_endmembers: int, random_state: int | None = None, use_projected: bool = True):
-        super().__init__(n_endmembers, random_state)
+    def __init__(self, n_endmembers: int, random_state: int | None = None, use_projected: bool = True,
+                 sample_size: int = SAMPLE_SIZE):
+        super().__init__(n_endmembers, random_state, sample_size)
         self.use_projected = use_projected
 
     def _fit(self, Y, H, W):
