@@ -9,7 +9,7 @@ from peft import PeftModel
 
 from conftest import make_decoder, make_encoder, make_items, make_lora_model
 from fedlora.adapters import live_factors, read_state, save_peft_adapter, set_trainable, write_state
-from fedlora.client import LocalTrain, local_update, plan_micro_batches, resolve_train
+from fedlora.client import LocalTrain, local_update, plan_micro_batches, resolve_train, step_plan
 from fedlora.config import LoraSection, ModelConfig, TrainConfig
 from fedlora.evaluation import evaluate
 from fedlora.methods.base import Method, PenaltyWeights
@@ -22,9 +22,9 @@ def _method(freeze_a=False, penalty=PenaltyWeights(), server="average"):
     return Method(name="test", server=server, rank=4, scaling=2.0, freeze_a=freeze_a, penalty=penalty)
 
 
-def _train(batch_size=8, grad_accum=1, steps=2, lr=1e-2, clip=0.5, epochs=None):
+def _train(batch_size=8, grad_accum=1, steps=2, lr=1e-2, clip=0.5, epochs=None, length_grouping=False):
     return LocalTrain(lr=lr, weight_decay=0.0, grad_clip=clip, batch_size=batch_size, grad_accum=grad_accum,
-                      max_local_steps=steps, local_epochs=epochs)
+                      max_local_steps=steps, local_epochs=epochs, length_grouping=length_grouping)
 
 
 def _random_state(model, seed=0, scale=0.1):
@@ -133,6 +133,50 @@ def test_batch8_equals_micro_batch1_accum8(tokenizer, family, penalty):
     assert _max_diff(big.state, start) > 1e-3  # it trained
     assert _max_diff(big.state, small.state) < 1e-5
     assert big.mean_loss == pytest.approx(small.mean_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["encoder", "decoder"])
+def test_length_grouping_keeps_each_steps_examples_and_its_step(tokenizer, family):
+    data = encode(make_items(20, seed=13), tokenizer, family, 48)
+    plain, grouped = _train(batch_size=2, grad_accum=4, steps=10), _train(batch_size=2, grad_accum=4, steps=10,
+                                                                          length_grouping=True)
+    micro = plan_micro_batches(len(data), plain, torch.Generator().manual_seed(1))
+    steps, sorted_steps = step_plan(micro, plain, data), step_plan(micro, grouped, data)
+    assert len(steps) == len(sorted_steps) == 3  # 10 micro-batches, accumulation 4: 4 + 4 + 2
+    for step, sorted_step in zip(steps, sorted_steps):
+        assert sorted(i for mb in step for i in mb) == sorted(i for mb in sorted_step for i in mb)
+        lengths = [data.length(i) for mb in sorted_step for i in mb]
+        assert lengths == sorted(lengths) and all(len(mb) <= 2 for mb in sorted_step)
+    padded = lambda plan: sum(len(mb) * max(data.length(i) for i in mb) for s in plan for mb in s)  # noqa: E731
+    assert padded(sorted_steps) < padded(steps)
+    # Same examples per step, so the same mean gradient and the same steps (float64: see above).
+    model = make_lora_model(family, tokenizer).double()
+    start = _random_state(model, seed=8, scale=0.05)
+    a = local_update(model, family, data, start, _method(), plain, seed=4)
+    b = local_update(model, family, data, start, _method(), grouped, seed=4)
+    assert _max_diff(a.state, start) > 1e-3
+    assert _max_diff(a.state, b.state) < 1e-5 and a.mean_loss == pytest.approx(b.mean_loss, rel=1e-6)
+
+
+@pytest.mark.parametrize(("family", "packed"), [("encoder", False), ("decoder", False), ("decoder", True)])
+@torch.no_grad()
+def test_length_sorted_batched_scoring_equals_unbatched(tokenizer, family, packed):
+    data = encode(make_items(14, seed=14), tokenizer, family, 48)
+    model = make_lora_model(family, tokenizer)
+    write_state(model, _random_state(model, seed=9, scale=0.3))
+    alone = torch.cat([choice_scores(model, family, data.batch([i])) for i in range(len(data))])  # (14, 4), unpadded
+    order = sorted(range(len(data)), key=data.length)  # as evaluate() batches them
+    batched = torch.empty_like(alone)
+    for start in range(0, len(data), 4):
+        idx = order[start : start + 4]
+        batched[idx] = choice_scores(model, family, data.batch(idx), packed=packed)
+    # fp32: padding changes the shapes (and so the summation order) of the products, not the
+    # terms; values of order 1 then differ by float32 rounding, ~1e-7.
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+    assert alone.std() > 1e-3
+    one = evaluate(model, family, data, batch_size=1)
+    four = evaluate(model, family, data, batch_size=4, packed=packed)
+    assert one["accuracy"] == four["accuracy"] and one["loss"] == pytest.approx(four["loss"], rel=1e-6)
 
 
 def test_leftover_accumulation_is_stepped_with_its_mean(tokenizer):

@@ -4,6 +4,8 @@ Examples are drawn as one stream (a fresh permutation per pass over the client's
 generator seeded by (seed, round, client)) and cut into micro-batches of `batch_size`; every
 `grad_accum` micro-batches make one AdamW step on the example-weighted mean gradient. Hence a
 batch of 8 and micro-batch 1 x accumulation 8 see the same examples and take the same step.
+With `length_grouping`, each step's examples are sorted by length before they are cut into
+micro-batches: the step sees the same examples, its micro-batches carry less padding.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 
 from fedlora.adapters import live_factors, read_state, set_trainable, write_state
 from fedlora.config import FAMILY_DEFAULTS, TrainConfig
+from fedlora.precision import autocast, resolve_precision
 from fedlora.scoring import Encoded, batch_to, choice_loss, choice_scores
 from fedlora.state import AdapterState
 
@@ -31,9 +34,12 @@ class LocalTrain:
     grad_accum: int
     max_local_steps: int  # micro-batches per round
     local_epochs: float | None = None  # optional cap in passes over the client's data
+    precision: str = "fp32"  # resolved: fp32 | bf16
+    length_grouping: bool = False
+    packing: bool = False  # decoder: one packed row per item (scoring.py)
 
 
-def resolve_train(train: TrainConfig, family: str) -> LocalTrain:
+def resolve_train(train: TrainConfig, family: str, device: torch.device | str = "cpu") -> LocalTrain:
     defaults = FAMILY_DEFAULTS[family]
     return LocalTrain(
         lr=train.lr if train.lr is not None else defaults["lr"],
@@ -43,6 +49,9 @@ def resolve_train(train: TrainConfig, family: str) -> LocalTrain:
         grad_accum=train.grad_accum,
         max_local_steps=train.max_local_steps if train.max_local_steps is not None else defaults["max_local_steps"],
         local_epochs=train.local_epochs,
+        precision=resolve_precision(train.precision, torch.device(device))[0],
+        length_grouping=train.length_grouping,
+        packing=train.packing,
     )
 
 
@@ -78,6 +87,21 @@ def plan_micro_batches(n: int, train: LocalTrain, generator: torch.Generator) ->
     return [stream[i : i + train.batch_size] for i in range(0, len(stream), train.batch_size)]
 
 
+def step_plan(micro: list[list[int]], train: LocalTrain, data: Encoded) -> list[list[list[int]]]:
+    """Micro-batches of each optimizer step: `grad_accum` consecutive ones, or, with
+    length_grouping, the same examples sorted by length and cut again into `batch_size` pieces."""
+    groups = [micro[i : i + train.grad_accum] for i in range(0, len(micro), train.grad_accum)]
+    if not train.length_grouping:
+        return groups
+    sized = train.batch_size
+    regrouped = []
+    for group in groups:
+        # Stable sort: equal lengths keep their stream order, so the plan stays seeded.
+        examples = sorted((i for mb in group for i in mb), key=data.length)
+        regrouped.append([examples[j : j + sized] for j in range(0, len(examples), sized)])
+    return regrouped
+
+
 def _penalty_fn(method: Any, start: AdapterState, device: torch.device):
     if not method.penalty.active:
         return None
@@ -100,7 +124,7 @@ def local_update(model: Any, family: str, data: Encoded, start: AdapterState, me
     key = derive_seed(seed)
     generator = torch.Generator().manual_seed(key)
     micro = plan_micro_batches(len(data), train, generator)
-    groups = [micro[i : i + train.grad_accum] for i in range(0, len(micro), train.grad_accum)]
+    groups = step_plan(micro, train, data)
     loss_sum, seen = 0.0, 0
     model.train()
     # Dropout draws from the global RNG: seed it per (seed, round, client) without leaking out.
@@ -111,7 +135,9 @@ def local_update(model: Any, family: str, data: Encoded, start: AdapterState, me
             group_size = sum(len(mb) for mb in group)
             for mb in group:
                 batch = batch_to(data.batch(mb), device)
-                losses = choice_loss(choice_scores(model, family, batch), batch.labels, reduction="none")
+                with autocast(train.precision, device):
+                    scores = choice_scores(model, family, batch, packed=train.packing)  # (B, 4)
+                losses = choice_loss(scores, batch.labels, reduction="none")  # (B,), fp32
                 # Sum over the group / group size: the mean gradient whatever the micro-batching.
                 (losses.sum() / group_size).backward()
                 loss_sum += losses.detach().sum().item()

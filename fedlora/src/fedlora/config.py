@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 Family = Literal["encoder", "decoder"]
 ServerRule = Literal["average", "symmetric", "orthogonal_a", "orthogonal_b", "fedsvd"]
+# fp32, bf16 autocast, or auto (bf16 where the device computes it natively); see precision.py.
+# The default is fp32: bf16 changes the numbers, so a run gets it only when its config asks.
+Precision = Literal["auto", "fp32", "bf16"]
 
 # Family defaults from the reference study.
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -98,6 +101,13 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, gt=0)  # micro-batches per optimizer step
     max_local_steps: int | None = Field(None, gt=0)  # micro-batches per round (None: family default)
     local_epochs: float | None = Field(None, gt=0)  # optional cap in passes over the client's data
+    precision: Precision = "fp32"
+    # Sort each optimizer step's examples by length before cutting them into micro-batches: the
+    # same examples per step (the same mean gradient), less padding; float rounding differs.
+    length_grouping: bool = False
+    # Decoder: each item's context and 4 endings in one row, the endings masked from each other
+    # (one pass, no padding between endings; see scoring.py). Float rounding differs.
+    packing: bool = False
 
 
 class MethodConfig(Section):
@@ -127,6 +137,8 @@ class EvalConfig(Section):
     batch_size: int = Field(16, gt=0)
     every: int = Field(1, gt=0)  # evaluate every n rounds (and always the last)
     zero_shot: bool = False  # also evaluate the base model before round 1
+    precision: Precision = "fp32"
+    packing: bool = False  # decoder: as train.packing
 
 
 class RunConfig(Section):

@@ -26,6 +26,7 @@ from fedlora.geometry import round_geometry
 from fedlora.methods import Method, build_method
 from fedlora.models import add_lora, initial_state, load_base, resolve_device
 from fedlora.partition import Partition, make_partition, partition_stats, sample_clients
+from fedlora.precision import resolve_precision
 from fedlora.progress import Progress
 from fedlora.rundir import RunDir
 from fedlora.scoring import encode
@@ -49,6 +50,7 @@ class Federation:
     client_data: list  # pre-tokenised per client
     eval_data: object  # pre-tokenised eval subset
     partition_stats: dict
+    eval_precision: str = "fp32"  # resolved (fp32 | bf16); training's is in resolve_train
 
 
 _MODEL_CACHE: dict[str, tuple] = {}
@@ -75,6 +77,12 @@ def build_federation(cfg: RunConfig, log: Log = print) -> Federation:
     model, tokenizer, family = _load_model(cfg, device, log)
     method = build_method(cfg.method, rank=cfg.lora.r, scaling=cfg.lora.scaling,
                           family_clip_tau=FAMILY_DEFAULTS[family]["clip_tau"])
+    precision = {}
+    for phase in ("train", "eval"):
+        requested = getattr(cfg, phase).precision
+        precision[phase], why = resolve_precision(requested, device)
+        if requested != "fp32":  # say what auto chose, and why
+            log(f"{phase}.precision={requested}: {precision[phase]} ({why})")
     max_len = cfg.data.max_length
     return Federation(
         cfg=cfg, model=model, tokenizer=tokenizer, family=family, method=method,
@@ -83,12 +91,14 @@ def build_federation(cfg: RunConfig, log: Log = print) -> Federation:
         eval_data=encode(pools.eval, tokenizer, family, max_len),
         partition_stats={"scheme": partition.scheme, "fallback_reason": partition.fallback_reason,
                          **partition_stats(partition, [it.activity_label for it in pools.train])},
+        eval_precision=precision["eval"],
     )
 
 
 def evaluate_state(fed: Federation, state: AdapterState) -> dict:
     write_state(fed.model, state)
-    return evaluate(fed.model, fed.family, fed.eval_data, fed.cfg.eval.batch_size)
+    cfg = fed.cfg.eval
+    return evaluate(fed.model, fed.family, fed.eval_data, cfg.batch_size, fed.eval_precision, cfg.packing)
 
 
 def aggregation_weights(fed: Federation, clients: list[int], results: list[ClientResult]) -> torch.Tensor:
@@ -110,7 +120,7 @@ def upload_bytes(update: AdapterState, freeze_a: bool) -> int:
 
 def client_update(fed: Federation, state: AdapterState, round_idx: int, client: int) -> ClientResult:
     """Client `client`'s local training in round `round_idx`, starting from the global `state`."""
-    train = resolve_train(fed.cfg.train, fed.family)
+    train = resolve_train(fed.cfg.train, fed.family, next(fed.model.parameters()).device)
     return local_update(fed.model, fed.family, fed.client_data[client], state, fed.method, train,
                         seed=(fed.cfg.seed, round_idx, client))
 

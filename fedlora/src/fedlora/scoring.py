@@ -3,8 +3,11 @@
 Encoder: the 4 (context, ending) pairs go through `AutoModelForMultipleChoice`; the scores are
 its 4 logits. Decoder: score_c = mean log-probability of the tokens of " " + ending_c given the
 context (length-normalised). The decoder runs the shared context once and reuses its KV cache
-for the 4 endings (`shared_context=True`, the default); `shared_context=False` scores the 4
-full sequences in one padded batch. Both give the same scores (up to float rounding).
+for the 4 endings (`shared_context=True`, the default); `packed=True` also runs each context
+once, in one pass: an item is one row (context, then its 4 endings), each ending masked from
+the others, so endings are not padded to the batch's longest; `shared_context=False` scores
+the 4 full sequences in one padded batch. All give the same scores (up to float rounding), and
+gradients flow through the context in every path.
 
 Items are tokenised once (`encode`) and padded per batch (`Encoded.batch`).
 """
@@ -155,8 +158,13 @@ def _cache_keyword(backbone: torch.nn.Module) -> str:
 
 def _ending_logprob_mean(lm_head, hidden: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     """Mean log p(target) over masked positions; hidden (N, Te, H) predicts targets (N, Te)."""
-    logp = F.log_softmax(_at_least_float32(lm_head(hidden)), dim=-1)
-    token_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask
+    real = mask.bool()
+    # The vocabulary projection and its softmax only on real ending tokens (M of them): padding
+    # is up to half the rows, and these (M, V) logits are the largest tensor of the pass.
+    logits = _at_least_float32(lm_head(hidden[real]))  # (M, V)
+    real_lp = -F.cross_entropy(logits, targets[real], reduction="none")  # (M,) = log p(target)
+    token_lp = torch.zeros(targets.shape, dtype=real_lp.dtype, device=real_lp.device)
+    token_lp = token_lp.masked_scatter(real, real_lp)  # (N, Te), zero at padding
     return token_lp.sum(-1) / mask.sum(-1)
 
 
@@ -175,6 +183,53 @@ def _decoder_scores_shared(model: Any, b: DecoderBatch) -> Tensor:
                     use_cache=True, **{cache_kw: cache}).last_hidden_state
     # Token t of an ending is predicted from the hidden state just before it.
     predictors = torch.cat([last.repeat_interleave(NUM_CHOICES, 0)[:, None], ends[:, :-1]], 1)
+    scores = _ending_logprob_mean(lm_head, predictors, b.ending_ids.view(-1, te), b.ending_mask.view(-1, te).float())
+    return scores.view(n, NUM_CHOICES)
+
+
+def _packed_rows(b: DecoderBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Each item as one row: context, then its 4 endings. Returns ids (B, L), position ids (B, L)
+    (every ending continues the context's positions), a boolean attention mask (B, 1, L, L) and,
+    for every ending token, the row position whose hidden state predicts it (B, 4, Te)."""
+    n, te = b.labels.shape[0], b.ending_ids.shape[-1]
+    ctx_len, end_len = b.context_len.tolist(), b.ending_mask.sum(-1).tolist()
+    rows, segments, positions = [], [], []
+    predictor = torch.zeros(n, NUM_CHOICES, te, dtype=torch.long)  # 0 at padding: gathered, masked out
+    for i in range(n):
+        c = ctx_len[i]
+        ids, seg, pos = b.context_ids[i, :c].tolist(), [0] * c, list(range(c))
+        for j in range(NUM_CHOICES):
+            length, start = end_len[i][j], len(ids)
+            predictor[i, j, 0] = c - 1  # the first ending token is predicted by the context's end
+            predictor[i, j, 1:length] = torch.arange(start, start + length - 1)
+            ids += b.ending_ids[i, j, :length].tolist()
+            seg += [j + 1] * length
+            pos += list(range(c, c + length))
+        rows.append(ids)
+        segments.append(seg)
+        positions.append(pos)
+    width = max(len(r) for r in rows)
+    seg = _pad(segments, width, -1)  # (B, L): 0 context, 1-4 ending, -1 padding
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # (B, Lq, Lk)
+    mask = causal & visible & (seg[:, None, :] >= 0)
+    mask |= torch.eye(width, dtype=torch.bool)  # padding queries see themselves: no empty softmax row
+    return _pad(rows, width, 0), _pad(positions, width, 0), mask[:, None], predictor
+
+
+def _decoder_scores_packed(model: Any, b: DecoderBatch) -> Tensor:
+    backbone, lm_head = _causal_parts(model)
+    attention = getattr(backbone.config, "_attn_implementation", None)
+    if attention != "sdpa":  # the boolean block mask goes to SDPA as it is; other kernels read it otherwise
+        raise ValueError(f"packing needs the model's attention implementation 'sdpa', got {attention!r}; "
+                         "turn train.packing / eval.packing off")
+    n, te = b.labels.shape[0], b.ending_ids.shape[-1]
+    device = b.context_ids.device
+    ids, positions, mask, predictor = (t.to(device) for t in _packed_rows(b))
+    hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=positions,
+                      use_cache=False).last_hidden_state  # (B, L, H)
+    index = predictor.view(n, NUM_CHOICES * te, 1).expand(-1, -1, hidden.shape[-1])
+    predictors = hidden.gather(1, index).view(n * NUM_CHOICES, te, -1)  # (B*4, Te, H)
     scores = _ending_logprob_mean(lm_head, predictors, b.ending_ids.view(-1, te), b.ending_mask.view(-1, te).float())
     return scores.view(n, NUM_CHOICES)
 
@@ -199,15 +254,18 @@ def _decoder_scores_full(model: Any, b: DecoderBatch) -> Tensor:
     return scores.view(n, NUM_CHOICES)
 
 
-def choice_scores(model: Any, family: str, batch: Batch, shared_context: bool = True) -> Tensor:
-    """Scores (B, 4) of the choices; cross-entropy over them is the training loss."""
+def choice_scores(model: Any, family: str, batch: Batch, shared_context: bool = True,
+                  packed: bool = False) -> Tensor:
+    """Scores (B, 4) of the choices; cross-entropy over them is the training loss.
+    `shared_context` and `packed` choose the decoder's path (see the module's docstring)."""
     if family == "encoder":
         kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if batch.token_type_ids is not None:
             kwargs["token_type_ids"] = batch.token_type_ids
-        return model(**kwargs).logits
+        return _at_least_float32(model(**kwargs).logits)  # fp32 under bf16 autocast too
     if family == "decoder":
-        scorer = _decoder_scores_shared if shared_context else _decoder_scores_full
+        scorer = (_decoder_scores_packed if packed else
+                  _decoder_scores_shared if shared_context else _decoder_scores_full)
         return scorer(model, batch)
     raise ValueError(f"family must be 'encoder' or 'decoder', got {family!r}")
 

@@ -97,7 +97,8 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     fed = federation_for(context)
     pid = partition_id(context, fed.cfg.federation.num_clients)
     write_state(fed.model, arrays_to_state(msg.content[ARRAYS]))
-    scores = evaluate(fed.model, fed.family, fed.client_data[pid], fed.cfg.eval.batch_size)
+    scores = evaluate(fed.model, fed.family, fed.client_data[pid], fed.cfg.eval.batch_size, fed.eval_precision,
+                      fed.cfg.eval.packing)
     _remember(context, **{"last-eval-accuracy": float(scores["accuracy"])})
     metrics = MetricRecord({"accuracy": float(scores["accuracy"]), "loss": float(scores["loss"]),
                             "client": pid, "num-examples": int(scores["n"])})
