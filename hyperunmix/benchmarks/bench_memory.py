@@ -44,7 +44,7 @@ TARGETS = {"gauss-blind": {"max_gib": 4.0, "max_s": 15 * 60}, "vca-fcls": {"max_
 MAX_RATIO = 1.3
 EPOCH_KEYS = {"gauss": ("an_epochs", "un_epochs", "mn_epochs", "stage2_epochs"), "cnnaeu": ("epochs",),
               "autoencoder": ("epochs",)}
-DEFAULT_EPOCHS = {"an_epochs": 20, "un_epochs": 20, "mn_epochs": 40, "stage2_epochs": 40, "cnnaeu": 120,
+DEFAULT_EPOCHS = {"an_epochs": 20, "un_epochs": 20, "mn_epochs": 40, "stage2_epochs": 40, "cnnaeu": 320,
                   "autoencoder": 30}
 
 

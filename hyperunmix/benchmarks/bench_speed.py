@@ -87,13 +87,19 @@ def bench_tiled(threads: int, size: int = 1000, bands: int = 200) -> dict:
     return queue.get()
 
 
+# MiSiCNet's default budget (8000 iterations) takes hours on a CPU: it is timed on a slice of it and
+# reported as the time of that slice (the cost per iteration does not change over the run).
+SLICED_BUDGETS = {"misicnet": {"iterations": 200}}
+
+
 def bench_methods(datasets: list[str]) -> dict:
     out: dict = {}
     for dataset in datasets:
         scene = load_dataset(dataset)
         for name in METHODS:
             try:
-                model = make_method(name, scene.p, random_state=0, **method_params(scene, name, {}))
+                params = method_params(scene, name, SLICED_BUDGETS.get(name, {}))
+                model = make_method(name, scene.p, random_state=0, **params)
                 out.setdefault(dataset, {})[name] = model.fit(scene.cube).fit_time_
             except Exception as err:  # report, keep measuring the rest
                 out.setdefault(dataset, {})[name] = f"failed: {type(err).__name__}: {err}"
@@ -125,6 +131,8 @@ def markdown(report: dict) -> str:
             cells = [report["methods"][d].get(name) for d in datasets]
             text = [f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells]
             lines.append(f"| {name} | " + " | ".join(text) + " |")
+        lines += [""] + [f"{name}: timed with {params} (a slice of its default budget)"
+                         for name, params in SLICED_BUDGETS.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -143,7 +143,7 @@ def test_bench_config_rejects_unknown_names():
 
 def test_demo_config_file_matches_the_demo():
     assert BenchConfig(**yaml.safe_load((CONFIGS / "demo.yaml").read_text())) == BenchConfig(**DEMO_CONFIG)
-    for name in ("bench.yaml", "bench_baselines.yaml", "bench_urban.yaml"):
+    for name in ("bench.yaml", "bench_baselines.yaml", "bench_urban.yaml", "bench_strong.yaml"):
         BenchConfig(**yaml.safe_load((CONFIGS / name).read_text()))
 
 

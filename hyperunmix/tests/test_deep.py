@@ -86,3 +86,21 @@ def test_training_loop_reports_every_epoch_and_weights_the_mean(tiny_scene):
     train(torch.optim.SGD([weight], lr=0.0), lambda batch, _: weight.sum() + next(losses),
           lambda epoch: [torch.arange(3), torch.arange(1)], 1, curve)
     assert curve == [2.0]
+
+
+def test_cnnaeu_budget_is_the_papers():
+    from hyperunmix.methods.cnnaeu import CNNAEU, patches_for_scene
+
+    # 250 patches on Urban (307 x 307 x 162), scaled by volume: int(250 * 95 * 95 * 156 / ...) = 23
+    # on Samson, 32 on Jasper Ridge (100 x 100 x 198), as HySUPP computes them.
+    assert patches_for_scene(307 * 307, 162) == 250
+    assert patches_for_scene(95 * 95, 156) == 23 and patches_for_scene(100 * 100, 198) == 32
+    assert patches_for_scene(4, 3) == 1
+    params = CNNAEU(3).get_params()
+    assert (params["epochs"], params["batch_size"], params["patch_size"], params["lr"]) == (320, 15, 40, 3e-4)
+    scene = make_synthetic(H=64, W=80, p=3, n_bands=120, snr_db=30.0, seed=2)
+    small = dict(epochs=1, patch_size=8, decoder_kernel=3)
+    assert make_method("cnnaeu", 3, 0, **small).fit(scene.cube).patches_per_epoch_ == 10  # 64 * 80 * 120 px*bands
+    # A scene fitted on a sample counts sample_size pixels, not the scene's: 2000 * 120 -> 3 patches.
+    assert make_method("cnnaeu", 3, 0, sample_size=2000, **small).fit(scene.cube).patches_per_epoch_ == 3
+    assert make_method("cnnaeu", 3, 0, patches_per_epoch=5, **small).fit(scene.cube).patches_per_epoch_ == 5

@@ -16,6 +16,8 @@ FAST = {  # epochs small enough for a unit test; the numbers checked do not depe
     "gauss": dict(an_epochs=2, un_epochs=2, mn_epochs=2, stage2_epochs=2, kmeans_n_init=2, batch_size=64),
     "cnnaeu": dict(epochs=2, patch_size=8),
     "autoencoder": dict(epochs=2),
+    "misicnet": dict(iterations=2),
+    "edaa": dict(n_restarts=2, outer_iterations=3),
 }
 
 

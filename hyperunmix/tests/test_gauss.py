@@ -182,3 +182,28 @@ def test_gauss_blind_on_samson_seed0():
     # 0.130, stage-1 GAUSS 5.3 / 0.35; FCLSU with the true endmembers 0.168 (the non-spatial floor).
     assert result["mean_sad_deg"] < 2.9
     assert result["armse"] < 0.145
+
+
+def test_abundances_from_fcls_is_fclsu_of_the_network_fit(tiny_scene):
+    from hyperunmix.fcls import fcls
+
+    params = dict(FAST, stage2_epochs=2, tile_pixels=25)
+    network = GAUSS(3, variant="blind", random_state=0, **params).fit(tiny_scene.cube)
+    model = GAUSS(3, variant="blind", random_state=0, abundances_from="fcls", **params).fit(tiny_scene.cube)
+    # The option acts after training only: same seed, same networks, same endmembers, bit for bit.
+    np.testing.assert_array_equal(model.endmembers_, network.endmembers_)
+    expected = fcls(tiny_scene.Y, network.endmembers_).reshape(3, 12, 10)
+    np.testing.assert_array_equal(model.abundances_, expected)
+    assert not np.allclose(model.abundances_, network.abundances_, atol=1e-3)
+    # transform is FCLSU too, in row tiles: equal up to the rounding of differently sized products.
+    np.testing.assert_allclose(model.transform(tiny_scene.cube), model.abundances_, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="abundances_from"):
+        GAUSS(3, abundances_from="nnls").fit(tiny_scene.cube)
+    # scaled-fcls: the same directions, each column scaled so that Y ~ E diag(s) A_network.
+    from hyperunmix.scene import least_squares_scales
+
+    scaled = GAUSS(3, variant="blind", random_state=0, abundances_from="scaled-fcls", **params).fit(tiny_scene.cube)
+    scales = least_squares_scales(tiny_scene.Y, network.endmembers_, network.abundances_.reshape(3, -1))
+    assert (scales > 0).all()
+    np.testing.assert_allclose(scaled.endmembers_, network.endmembers_ * scales, rtol=1e-12)
+    np.testing.assert_array_equal(scaled.abundances_, fcls(tiny_scene.Y, scaled.endmembers_).reshape(3, 12, 10))

@@ -23,7 +23,9 @@ from hyperunmix.window import parse_window
 SAMPLE = 300  # below the 24 x 30 = 720 pixels of the scene: every method takes its sampled path
 TINY = {"gauss": dict(an_epochs=2, un_epochs=2, mn_epochs=2, stage2_epochs=2, batch_size=64),
         "cnnaeu": dict(epochs=2, patch_size=8, patches_per_epoch=4, batch_size=2, decoder_kernel=3),
-        "autoencoder": dict(epochs=2, batch_size=64)}
+        "autoencoder": dict(epochs=2, batch_size=64),
+        "misicnet": dict(iterations=2),
+        "edaa": dict(n_restarts=2, outer_iterations=3)}
 
 
 def tiny_params(name: str) -> dict:
@@ -113,7 +115,10 @@ def test_every_method_fits_a_mapped_scene_on_a_sample(name, mapped):
     assert (A >= -1e-12).all()
     np.testing.assert_allclose(A.sum(axis=0), 1.0, atol=1e-5)  # float32 softmax for the networks
     np.testing.assert_allclose(model.transform(mapped), A, atol=1e-6)  # one tiled pass, same model
-    if name != "cnnaeu":  # CNNAEU trains on crops, not on a pixel sample
+    if name == "misicnet":  # a window of the image (the network needs one) of at most SAMPLE pixels
+        indices = model.sample_indices_
+        assert 0 < len(indices) <= SAMPLE and len(set(indices)) == len(indices)
+    elif name != "cnnaeu":  # CNNAEU trains on crops, not on a pixel sample
         assert len(model.sample_indices_) == SAMPLE
     again = make_method(name, 3, 0, sample_size=SAMPLE, **tiny_params(name)).fit(mapped)
     np.testing.assert_array_equal(again.endmembers_, model.endmembers_)
@@ -205,3 +210,16 @@ def test_crops_read_from_the_cube_equal_crops_of_the_image(mapped):
     image = torch.as_tensor(np.array(mapped)).permute(2, 0, 1)  # (L, H, W)
     expected = random_crops(image, 8, 5, torch.Generator().manual_seed(4))
     torch.testing.assert_close(cube_crops(mapped, 8, 5, torch.Generator().manual_seed(4)), expected, rtol=0, atol=0)
+
+
+def test_gauss_scaled_fcls_on_a_sample(mapped):
+    """The scales come from the sampled pixels; every pixel's abundances are FCLSU (float64)."""
+    model = make_method("gauss-blind", 3, 0, sample_size=SAMPLE, abundances_from="scaled-fcls",
+                        **tiny_params("gauss")).fit(mapped)
+    plain = make_method("gauss-blind", 3, 0, sample_size=SAMPLE, **tiny_params("gauss")).fit(mapped)
+    cosine = np.sum(model.endmembers_ * plain.endmembers_, axis=0) / (
+        np.linalg.norm(model.endmembers_, axis=0) * np.linalg.norm(plain.endmembers_, axis=0))
+    np.testing.assert_allclose(cosine, 1.0, rtol=1e-12)  # scaled columns: same directions
+    assert not np.allclose(model.endmembers_, plain.endmembers_)
+    np.testing.assert_allclose(model.abundances_.sum(axis=0), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(model.transform(mapped), model.abundances_, rtol=0, atol=1e-12)

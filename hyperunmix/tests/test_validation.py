@@ -140,6 +140,11 @@ BAD_PARAMS = [
     ("nmf", "l1_ratio", 1.5, "a float in the range [0.0, 1.0]"),
     ("oracle-fcls", "rescale", "no", "'bool'"),
     ("vca-fcls", "random_state", -1, "an int in the range [0, 4294967295]"),
+    ("misicnet", "network_input", "zeros", "a str among"),
+    ("misicnet", "average_weight", 1.5, "a float in the range [0.0, 1.0]"),
+    ("edaa", "n_restarts", 0, "an int in the range [1, inf)"),
+    ("cnnaeu", "patches_per_epoch", 0, "an int in the range [1, inf) or None"),
+    ("gauss-blind", "abundances_from", "nnls", "a str among"),
 ]
 
 

@@ -17,6 +17,8 @@ METHODS: dict[str, tuple[str, str, dict]] = {
     "nmf": ("hyperunmix.methods.nmf", "NMFUnmixer", {}),
     "cnnaeu": ("hyperunmix.methods.cnnaeu", "CNNAEU", {}),
     "autoencoder": ("hyperunmix.methods.autoencoder", "Autoencoder", {}),
+    "misicnet": ("hyperunmix.methods.misicnet", "MiSiCNet", {}),
+    "edaa": ("hyperunmix.methods.edaa", "EDAA", {}),
     "oracle-fcls": ("hyperunmix.methods.oracle", "OracleFCLS", {}),
 }
 

@@ -3,7 +3,13 @@
 on random image patches. Layer sizes and optimiser follow the paper's released settings
 (48 filters, LeakyReLU 0.02, batch norm, spatial dropout 0.2, softmax scale 3.5, 11x11
 decoder, RMSprop 3e-4); the decoder is kept non-negative by projection, and the endmembers
-are the decoder kernels averaged over space."""
+are the decoder kernels averaged over space.
+
+Training budget as in the paper and its HySUPP implementation (`src/model/blind/CNNAEU.py`):
+320 epochs, batches of 15 patches of 40 x 40, and 250 patches for Urban (307 x 307 x 162),
+scaled by the scene's volume (pixels x bands): `patches_for_scene`; 23 patches on Samson. A
+scene fitted on a sample counts `sample_size` pixels, so the budget stays bounded. Unlike HySUPP,
+which cuts its patches once, fresh random crops are drawn every epoch."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,6 +23,15 @@ from hyperunmix.methods.base import NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_REA
 from hyperunmix.methods.losses import pixel_spectral_angle
 from hyperunmix.methods.patches import predict_tiled
 from hyperunmix.methods.training import seeded, train
+
+# The paper's patch count: 250 patches for Urban, 307 x 307 pixels x 162 bands.
+PAPER_PATCHES, PAPER_VOLUME = 250, 307 * 307 * 162
+
+
+def patches_for_scene(pixels: int, bands: int) -> int:
+    """Patches per epoch by the paper's rule (HySUPP: int(250 * H * W * L / (307 * 307 * 162))),
+    at least one."""
+    return max(1, int(PAPER_PATCHES * pixels * bands / PAPER_VOLUME))
 
 
 class ConvAutoencoder(nn.Module):
@@ -74,15 +89,15 @@ class CNNAEU(Unmixer):
         **Unmixer._parameter_constraints,
         "epochs": [NON_NEGATIVE_INT],
         "patch_size": [POSITIVE_INT],
-        "patches_per_epoch": [POSITIVE_INT],
+        "patches_per_epoch": [POSITIVE_INT, None],
         "batch_size": [POSITIVE_INT],
         "lr": [POSITIVE_REAL],
         "filters": [POSITIVE_INT],
         "decoder_kernel": [POSITIVE_INT],  # odd: checked in _fit (a constraint cannot say it)
     }
 
-    def __init__(self, n_endmembers: int, random_state: int | None = None, epochs: int = 120,
-                 patch_size: int = 40, patches_per_epoch: int = 16, batch_size: int = 8,
+    def __init__(self, n_endmembers: int, random_state: int | None = None, epochs: int = 320,
+                 patch_size: int = 40, patches_per_epoch: int | None = None, batch_size: int = 15,
                  lr: float = 3e-4, filters: int = 48, decoder_kernel: int = 11,
                  sample_size: int = SAMPLE_SIZE):
         super().__init__(n_endmembers, random_state, sample_size)
@@ -95,13 +110,15 @@ class CNNAEU(Unmixer):
         self.decoder_kernel = decoder_kernel
 
     def _train_model(self, bands: int, height: int, width: int,
-                     crops: Callable[[torch.Generator], torch.Tensor]) -> None:
-        """Train on `crops(generator)` (patches_per_epoch crops, drawn afresh every epoch)."""
+                     crops: Callable[[torch.Generator, int], torch.Tensor]) -> None:
+        """Train on `crops(generator, count)` (`patches_per_epoch_` crops, drawn afresh every epoch)."""
         _, gen = seeded(self.random_state)
         if self.decoder_kernel % 2 == 0:  # 'same' padding needs an odd kernel
             raise ValueError(f"decoder_kernel must be odd, got {self.decoder_kernel}")
         kernel = min(self.decoder_kernel, 2 * (min(height, width) // 2) - 1)  # reflect pad must fit
         self.model_ = ConvAutoencoder(bands, self.n_endmembers, self.filters, kernel)
+        self.patches_per_epoch_ = self.patches_per_epoch or patches_for_scene(
+            min(height * width, self.sample_size), bands)
 
         @torch.no_grad()
         def non_negative_decoder() -> None:
@@ -110,8 +127,8 @@ class CNNAEU(Unmixer):
         self.model_.train()
         train(torch.optim.RMSprop(self.model_.parameters(), lr=self.lr),
               lambda batch, _: pixel_spectral_angle(self.model_(batch), batch),
-              lambda epoch: crops(gen).split(self.batch_size), self.epochs, self.history_.setdefault("sad", []),
-              after_step=non_negative_decoder, stage="cnnaeu")
+              lambda epoch: crops(gen, self.patches_per_epoch_).split(self.batch_size), self.epochs,
+              self.history_.setdefault("sad", []), after_step=non_negative_decoder, stage="cnnaeu")
         self.model_.eval()
 
     def _endmembers(self) -> np.ndarray:
@@ -121,14 +138,14 @@ class CNNAEU(Unmixer):
     def _fit(self, Y: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
         L = Y.shape[0]
         image = torch.as_tensor(Y, dtype=torch.float32).reshape(L, H, W)
-        self._train_model(L, H, W, lambda gen: random_crops(image, self.patch_size, self.patches_per_epoch, gen))
+        self._train_model(L, H, W, lambda gen, count: random_crops(image, self.patch_size, count, gen))
         with torch.no_grad():
             A = self.model_.abundances(image.unsqueeze(0))[0].reshape(self.n_endmembers, -1)
         return self._endmembers(), A.numpy().astype(np.float64)
 
     def _fit_large(self, cube: np.ndarray) -> np.ndarray:
         H, W, L = cube.shape
-        self._train_model(L, H, W, lambda gen: cube_crops(cube, self.patch_size, self.patches_per_epoch, gen))
+        self._train_model(L, H, W, lambda gen, count: cube_crops(cube, self.patch_size, count, gen))
         return self._endmembers()
 
     def _transform(self, cube: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.utils._param_validation import StrOptions
 
+from hyperunmix.fcls import fcls
 from hyperunmix.methods import METHODS
 from hyperunmix.methods.base import (
     NON_NEGATIVE_INT,
@@ -31,8 +32,16 @@ from hyperunmix.methods.base import (
 from hyperunmix.methods.losses import guide_loss, reconstruction_loss
 from hyperunmix.methods.neighbourhoods import Streamed, Unfolded
 from hyperunmix.methods.networks import ApproximationNetwork, MixingNetwork, UnmixingNetwork
-from hyperunmix.methods.patches import predict_tiled
+from hyperunmix.methods.patches import gather_patches, predict_tiled
 from hyperunmix.methods.training import seeded, shuffled, train
+from hyperunmix.scene import least_squares_scales
+
+
+def scaled_endmembers(Y: np.ndarray, E: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """E diag(s) with s the least-squares scales of Y ~ E diag(s) A; a column whose scale is not
+    positive (it explains nothing the others do not) keeps its own scale."""
+    scales = least_squares_scales(Y, E, A)
+    return E * np.where(scales > 0, scales, 1.0)[None, :]
 
 
 class GAUSS(Unmixer):
@@ -58,6 +67,13 @@ class GAUSS(Unmixer):
     scikit-learn's `KMeans` on the sample's AN output: the same exact Lloyd with restarts as on
     a whole scene, on a set that is bounded anyway, where `MiniBatchKMeans` would add a second
     approximation. The abundances of every pixel then come from `transform`.
+
+    abundances_from: "network" (UN(AN(patch)), the paper's), "fcls" (FCLSU of each pixel with the
+    MN's endmembers) or "scaled-fcls" (the same after scaling each endmember by least squares,
+    Y ~ E diag(s) A_network, so `endmembers_` is E diag(s)), in `fit` and `transform` alike. The
+    spectral-angle loss of stage 2 leaves the scale of each MN column free, and FCLSU's
+    sum-to-one constraint is not scale-free: the scales tie the MN's endmembers to the data.
+    The SAD is the same for all three. docs/ablation-abundances.md compares them.
     """
 
     _parameter_constraints = {
@@ -87,6 +103,7 @@ class GAUSS(Unmixer):
         "prime_method": [StrOptions(set(METHODS))],
         "prime_params": [dict, None],
         "prime_weight": [NON_NEGATIVE_REAL],
+        "abundances_from": [StrOptions({"network", "fcls", "scaled-fcls"})],
     }
 
     def __init__(
@@ -118,6 +135,7 @@ class GAUSS(Unmixer):
         prime_method: str = "vca-fcls",
         prime_params: dict | None = None,
         prime_weight: float = 1.0,
+        abundances_from: str = "network",
         sample_size: int = SAMPLE_SIZE,
     ):
         super().__init__(n_endmembers, random_state, sample_size)
@@ -146,6 +164,7 @@ class GAUSS(Unmixer):
         self.prime_method = prime_method
         self.prime_params = prime_params
         self.prime_weight = prime_weight
+        self.abundances_from = abundances_from
 
     # ---- shared pieces -------------------------------------------------------------------
     def _check_device(self) -> None:
@@ -223,9 +242,12 @@ class GAUSS(Unmixer):
         source = Unfolded(cube, self.window, self.device)
         self._fit_networks(cube, source, seed, gen)
         with torch.no_grad():
-            A = self.un_(self.an_(source.all_patches)).T.cpu().numpy()
-            E = self.mn_.endmembers().cpu().numpy()
-        return E, A
+            E = self.mn_.endmembers().cpu().numpy().astype(np.float64)
+            A = self.un_(self.an_(source.all_patches)).T.cpu().numpy().astype(np.float64)
+        if self.abundances_from == "network":
+            return E, A
+        E = scaled_endmembers(Y, E, A) if self.abundances_from == "scaled-fcls" else E
+        return E, fcls(Y, E)
 
     def _fit_large(self, cube: np.ndarray) -> np.ndarray:
         self._check_device()
@@ -234,7 +256,16 @@ class GAUSS(Unmixer):
         self.sample_indices_ = source.pixels
         self._fit_networks(cube, source, seed, gen)
         with torch.no_grad():
-            return self.mn_.endmembers().cpu().numpy()
+            E = self.mn_.endmembers().cpu().numpy().astype(np.float64)
+        if self.abundances_from != "scaled-fcls":
+            return E
+        # The scales from the sampled pixels and their network abundances, read in chunks.
+        chunks = np.array_split(self.sample_indices_, -(-len(self.sample_indices_) // 4096))
+        Y = np.hstack([gather_patches(cube, chunk, 1, torch.float64).numpy().T for chunk in chunks])
+        with torch.no_grad():
+            A = np.hstack([self.un_(self.an_(gather_patches(cube, chunk, self.window))).T.numpy()
+                           for chunk in chunks]).astype(np.float64)
+        return scaled_endmembers(Y, E, A)
 
     def _prime_targets(self, cube: np.ndarray, approx: torch.Tensor, seed: int) -> torch.Tensor:
         from hyperunmix.methods import make_method  # lazy: the registry imports this module
@@ -256,7 +287,10 @@ class GAUSS(Unmixer):
 
     # ---- inference -----------------------------------------------------------------------
     def _transform(self, cube: np.ndarray) -> np.ndarray:
-        """(p, N) abundances UN(AN(patch)), the AN's first layer run as a convolution per row tile."""
+        """(p, N) abundances: with `abundances_from="network"` UN(AN(patch)), the AN's first layer
+        run as a convolution per row tile; else FCLSU with the fitted endmembers."""
+        if self.abundances_from != "network":
+            return super()._transform(cube)
         an, un = self.an_.cpu().eval(), self.un_.cpu().eval()
         A = predict_tiled(lambda image: un(an.forward_image(image)), cube, self.window,
                           self.n_endmembers, self.tile_pixels, image_input=True)
