@@ -116,6 +116,12 @@ class Unmixer(TransformerMixin, BaseEstimator):
         """Endmembers (L, p) fitted on sampled pixels Y (L, n), as if they were one image row."""
         return self._fit(Y, Y.shape[1], 1)[0]
 
+    @property
+    def neighbourhood_radius(self) -> int:
+        """How many rows above and below a pixel its abundances read (0: the pixel alone). A block of
+        rows unmixed with this many extra rows on each side matches the whole-scene `transform`."""
+        return 0
+
     def transform(self, cube: np.ndarray) -> np.ndarray:
         """Abundances (p, H, W) of any cube with the fitted bands, in tiles of whole image rows so
         that memory stays bounded (a memory-mapped cube is read one tile at a time)."""

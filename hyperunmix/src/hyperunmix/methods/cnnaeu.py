@@ -148,6 +148,8 @@ class CNNAEU(Unmixer):
         self._train_model(L, H, W, lambda gen, count: cube_crops(cube, self.patch_size, count, gen))
         return self._endmembers()
 
+    neighbourhood_radius = 1  # the encoder's one 3 x 3 convolution
+
     def _transform(self, cube: np.ndarray) -> np.ndarray:
         """(p, N) abundances from the encoder in row tiles. Each tile comes with a reflected
         one-pixel margin, which is exactly what the encoder's 3 x 3 reflect padding reads at the

@@ -286,6 +286,10 @@ class GAUSS(Unmixer):
         return torch.as_tensor(targets, dtype=torch.float32, device=approx.device)
 
     # ---- inference -----------------------------------------------------------------------
+    @property
+    def neighbourhood_radius(self) -> int:
+        return self.window // 2 if self.abundances_from == "network" else 0
+
     def _transform(self, cube: np.ndarray) -> np.ndarray:
         """(p, N) abundances: with `abundances_from="network"` UN(AN(patch)), the AN's first layer
         run as a convolution per row tile; else FCLSU with the fitted endmembers."""
