@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import make_encoder, make_tokenizer, shared_file
@@ -107,6 +108,7 @@ def test_resumed_run_matches_uninterrupted(tiny_model_dir, tmp_path):
     train_federation(None, tmp_path / "cut", resume=True, log=lambda m: None)
     full, resumed = RunDir(tmp_path / "full").read_metrics(), cut.read_metrics()
     assert without_timing(resumed) == without_timing(full)
+    assert_same_eval_items(cut, RunDir(tmp_path / "full"))
     summary = cut.read_summary()
     assert summary["best_accuracy"] == RunDir(tmp_path / "full").read_summary()["best_accuracy"]
 
@@ -123,6 +125,62 @@ def test_zero_penalty_is_bit_identical_to_server_only(tiny_model_dir, tmp_path):
     train_federation(tiny_config(tiny_model_dir, **{"method.mu": 50.0}), tmp_path / "on", log=lambda m: None)
     c = without_timing(RunDir(tmp_path / "on").read_metrics())
     assert [m["client_loss"] for m in c] != [m["client_loss"] for m in a]
+
+
+def assert_same_eval_items(a: RunDir, b: RunDir) -> None:
+    (labels_a, rounds_a), (labels_b, rounds_b) = a.read_eval_items(), b.read_eval_items()
+    assert np.array_equal(labels_a, labels_b) and sorted(rounds_a) == sorted(rounds_b)
+    for r in rounds_a:  # bit-identical: a resumed run replays the same numbers
+        assert np.array_equal(rounds_a[r], rounds_b[r]), r
+
+
+def test_per_item_eval_records_match_the_metrics(tiny_model_dir, tmp_path):
+    from fedlora.stats import item_correct, item_losses
+
+    cfg = tiny_config(tiny_model_dir, rounds=3, **{"eval.zero_shot": True, "eval.every": 2, "eval.batch_size": 5})
+    train_federation(cfg, tmp_path / "run", log=lambda m: None)
+    run = RunDir(tmp_path / "run")
+    labels, rounds = run.read_eval_items()
+    assert sorted(rounds) == [0, 2, 3]  # zero-shot, every 2nd round, and always the last
+    assert labels.shape == (16,) and all(v.shape == (16, 4) for v in rounds.values())
+    for m in run.read_metrics():
+        if m["accuracy"] is None:
+            continue
+        # The items are stored in the eval subset's order, the metrics summed in length-sorted batches:
+        # the same numbers up to float32 scores and summation order (1e-6 relative).
+        assert item_correct(rounds[m["round"]], labels).mean() == m["accuracy"]
+        assert item_losses(rounds[m["round"]], labels).mean() == pytest.approx(m["loss"], rel=1e-6)
+    assert not np.array_equal(rounds[0], rounds[3])  # training changed the scores
+
+
+def test_zero_shot_is_evaluated_once_per_setting_and_shared_by_methods(tiny_model_dir, tmp_path, monkeypatch):
+    from fedlora import engine
+
+    engine._ZERO_SHOT_CACHE.clear()
+    calls = []
+    real = engine.evaluate_state
+    monkeypatch.setattr(engine, "evaluate_state", lambda fed, state: calls.append(fed.cfg.seed) or real(fed, state))
+    runs = {}
+    for method, seed in [("fedavg", 7), ("fedsvd", 7), ("fedavg", 8)]:
+        cfg = tiny_config(tiny_model_dir, rounds=1, seed=seed, **{"eval.zero_shot": True, "method.name": method})
+        train_federation(cfg, tmp_path / f"{method}{seed}", log=lambda m: None)
+        runs[method, seed] = RunDir(tmp_path / f"{method}{seed}").read_eval_items()[1][0]
+    # Round 0, then round 1 of each run: the second method of seed 7 reused round 0; seed 8 did not.
+    assert calls == [7, 7, 7, 8, 8]
+    assert np.array_equal(runs["fedavg", 7], runs["fedsvd", 7])
+    assert not np.array_equal(runs["fedavg", 7], runs["fedavg", 8])  # another seed: another head init
+
+
+def test_resume_drops_per_item_records_the_checkpoint_does_not_cover(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, rounds=4, **{"eval.zero_shot": True, "eval.every": 2})
+    train_federation(cfg, tmp_path / "full", log=lambda m: None)
+    cut = interrupted_run(cfg, tmp_path / "cut", stop=2)
+    labels, _ = cut.read_eval_items()
+    # A record of round 3, past the checkpoint (round 2), as if written before a kill: round 3 is not
+    # evaluated when replayed (eval.every=2), so only truncation on resume removes it.
+    cut.write_eval_items(3, np.full((len(labels), 4), 9.0), labels)
+    train_federation(None, cut.path, resume=True, log=lambda m: None)
+    assert_same_eval_items(cut, RunDir(tmp_path / "full"))
 
 
 def test_unknown_method_fails_at_config_validation(tiny_model_dir):
@@ -227,6 +285,7 @@ def test_kill_between_the_checkpoint_renames_resumes_from_the_previous_one(tiny_
     train_federation(None, cut.path, resume=True, log=messages.append)
     assert any("after round 1" in m for m in messages)  # not a silent restart from round 1
     assert without_timing(cut.read_metrics()) == without_timing(RunDir(tmp_path / "full").read_metrics())
+    assert_same_eval_items(cut, RunDir(tmp_path / "full"))
     assert not (cut.path / ".checkpoint.old").exists()
 
 

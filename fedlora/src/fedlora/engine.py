@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from fedlora.adapters import save_peft_adapter, write_state
 from fedlora.client import ClientResult, local_update, resolve_train
 from fedlora.config import FAMILY_DEFAULTS, RunConfig
 from fedlora.data import Item, load_pools
-from fedlora.evaluation import evaluate
+from fedlora.evaluation import evaluate_items
 from fedlora.files import check_folder_path
 from fedlora.geometry import round_geometry
 from fedlora.methods import Method, build_method
@@ -54,13 +55,22 @@ class Federation:
 
 
 _MODEL_CACHE: dict[str, tuple] = {}
+# Round 0 of one (model, LoRA, device, data, seed, eval settings) is the same for every method: the
+# initial adapter depends on the seed only. A sweep evaluates it once and reuses it (the numbers are
+# the same bit for bit; on a CPU it saves one full evaluation per further method).
+_ZERO_SHOT_CACHE: dict[str, tuple] = {}
+
+
+def _model_key(cfg: RunConfig, device: torch.device | str) -> str:
+    return repr((cfg.model.model_dump(), cfg.lora.model_dump(), str(device)))
 
 
 def _load_model(cfg: RunConfig, device: torch.device, log: Log):
     """Base model + LoRA wrapper, shared by every run of one process with the same model/LoRA."""
-    key = repr((cfg.model.model_dump(), cfg.lora.model_dump(), str(device)))
+    key = _model_key(cfg, device)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()  # keep one model in memory at a time
+        _ZERO_SHOT_CACHE.clear()
         loaded = load_base(cfg.model, device, log=log)
         model = add_lora(loaded.model, cfg.lora, loaded.family)
         _MODEL_CACHE[key] = (model, loaded.tokenizer, loaded.family)
@@ -95,10 +105,21 @@ def build_federation(cfg: RunConfig, log: Log = print) -> Federation:
     )
 
 
-def evaluate_state(fed: Federation, state: AdapterState) -> dict:
+def evaluate_state(fed: Federation, state: AdapterState) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(accuracy/loss/n, per-item scores (N, 4), labels (N,)) of `state` on the eval subset."""
     write_state(fed.model, state)
     cfg = fed.cfg.eval
-    return evaluate(fed.model, fed.family, fed.eval_data, cfg.batch_size, fed.eval_precision, cfg.packing)
+    return evaluate_items(fed.model, fed.family, fed.eval_data, cfg.batch_size, fed.eval_precision, cfg.packing)
+
+
+def zero_shot(fed: Federation, state: AdapterState) -> tuple[dict, np.ndarray, np.ndarray]:
+    """`evaluate_state` of the initial adapter, computed once per process and setting (see above)."""
+    cfg = fed.cfg
+    key = repr((_model_key(cfg, next(fed.model.parameters()).device), cfg.data.model_dump(), cfg.seed,
+                cfg.eval.model_dump()))
+    if key not in _ZERO_SHOT_CACHE:
+        _ZERO_SHOT_CACHE[key] = evaluate_state(fed, state)
+    return _ZERO_SHOT_CACHE[key]
 
 
 def aggregation_weights(fed: Federation, clients: list[int], results: list[ClientResult]) -> torch.Tensor:
@@ -128,7 +149,10 @@ def client_update(fed: Federation, state: AdapterState, round_idx: int, client: 
 def server_update(fed: Federation, state: AdapterState, round_idx: int, clients: list[int],
                   results: list[ClientResult], time_train_s: float) -> tuple[AdapterState, dict]:
     """Aggregate the replies of `clients`, measure geometry, evaluate: the new global and the
-    round's metrics record. Shared by the in-process engine and the Flower server."""
+    round's metrics record. Shared by the in-process engine and the Flower server.
+
+    On an evaluated round the record carries `eval_items` (per-item scores, labels): arrays, not
+    JSON; `RunRecorder.record_round` moves them to eval_items.npz."""
     cfg = fed.cfg
     t1 = time.perf_counter()
     weights = aggregation_weights(fed, clients, results)
@@ -139,7 +163,8 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
     geometry = round_geometry(updates, weights, state, new_state, cfg.lora.scaling)
     t3 = time.perf_counter()
     last = round_idx == cfg.rounds
-    scores = evaluate_state(fed, new_state) if last or round_idx % cfg.eval.every == 0 else {}
+    evaluated = last or round_idx % cfg.eval.every == 0
+    scores, item_scores, labels = evaluate_state(fed, new_state) if evaluated else ({}, None, None)
     t4 = time.perf_counter()
     record = {
         "round": round_idx,
@@ -158,6 +183,8 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
         "bytes_down": len(clients) * state.nbytes(),
         "geometry": geometry,
     }
+    if evaluated:
+        record["eval_items"] = (item_scores, labels)
     return new_state, record
 
 
@@ -187,7 +214,9 @@ class RunRecorder:
         if resume:  # read (and check) everything before writing anything
             run_dir.restore_swapped_folders()
             checkpoint = run_dir.load_checkpoint()
-            self.metrics = run_dir.truncate_metrics(checkpoint[1]["round"] if checkpoint else -1, log)
+            last_round = checkpoint[1]["round"] if checkpoint else -1
+            self.metrics = run_dir.truncate_metrics(last_round, log)
+            run_dir.truncate_eval_items(last_round)
         else:
             run_dir.create(fed.cfg)
         run_dir.set_status("running")
@@ -202,7 +231,9 @@ class RunRecorder:
             self.state = initial_state(fed.model, fed.cfg.seed)
             self.next_round, self.best, self.elapsed = 1, {"accuracy": -1.0, "round": 0}, 0.0
             if fed.cfg.eval.zero_shot:
-                self._append({"round": 0, **evaluate_state(fed, self.state)})
+                scores, item_scores, labels = zero_shot(fed, self.state)
+                run_dir.write_eval_items(0, item_scores, labels)
+                self._append({"round": 0, **scores})
 
     def _append(self, record: dict) -> None:
         self.metrics.append(record)
@@ -213,6 +244,8 @@ class RunRecorder:
 
     def record_round(self, state: AdapterState, record: dict) -> None:
         self.state = state
+        if "eval_items" in record:  # before the checkpoint: a kill in between replays this round
+            self.run_dir.write_eval_items(record["round"], *record.pop("eval_items"))
         self._append(record)
         acc = record["accuracy"]
         if acc is not None and acc > self.best["accuracy"]:

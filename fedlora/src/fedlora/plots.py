@@ -23,6 +23,20 @@ FAMILIES = {
 }
 
 
+# Reference levels drawn on the accuracy and loss plots: what "learning nothing" looks like.
+CHANCE = {"accuracy": (0.25, "chance (0.25)"), "loss": (float(np.log(4)), "chance (ln 4)")}
+
+
+def _reference_lines(ax, key: str, zero_shot: list[float]) -> None:
+    """Chance and the zero-shot level (round 0, mean over runs) on an accuracy or loss plot."""
+    if key in CHANCE:
+        level, label = CHANCE[key]
+        ax.axhline(level, color="grey", ls=":", lw=1, label=label)
+    if zero_shot:
+        ax.axhline(float(np.mean(zero_shot)), color="black", ls="--", lw=1,
+                   label=f"zero-shot ({np.mean(zero_shot):.3f})")
+
+
 def _value(record: dict, key: str):
     if key in record:
         return record[key]
@@ -41,15 +55,15 @@ def _save(fig, path: Path) -> None:
 
 def plot_run(metrics: list[dict], folder: Path, title: str = "") -> list[Path]:
     written = []
-    rounds_data = [m for m in metrics if m["round"] > 0]
+    rounds_data = metrics  # round 0 (zero-shot, when evaluated) starts the accuracy and loss lines
     for family, series in FAMILIES.items():
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
         for key, label in series:
             pts = [(m["round"], _value(m, key)) for m in rounds_data if _value(m, key) is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", ms=3, label=label)
-        if family == "accuracy":
-            ax.axhline(0.25, color="grey", ls=":", lw=1, label="chance")
+        if family in CHANCE:
+            _reference_lines(ax, family, [m[family] for m in metrics if m["round"] == 0 and m.get(family) is not None])
         ax.set_xlabel("round")
         ax.set_title(f"{title} {family}".strip())
         ax.legend(fontsize=8)
@@ -67,11 +81,14 @@ def plot_comparison(runs: list[tuple[str, list[dict]]], folder: Path, model: str
                        ("basis_overlap_code", "basis overlap (code)"),
                        ("cancellation_ratio_delta", "cancellation ratio (round deltas)")]:
         per_method: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        zero_shot = []
         for method, metrics in runs:
             for m in metrics:
                 v = _value(m, key)
-                if m["round"] > 0 and v is not None:
+                if v is not None:  # round 0 (zero-shot) starts the line and sets the zero-shot level
                     per_method[method][m["round"]].append(v)
+                    if m["round"] == 0:
+                        zero_shot.append(v)
         if not per_method:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -81,6 +98,7 @@ def plot_comparison(runs: list[tuple[str, list[dict]]], folder: Path, model: str
             std = np.array([np.std(by_round[r]) for r in rounds])
             ax.plot(rounds, mean, marker="o", ms=3, label=method)
             ax.fill_between(rounds, mean - std, mean + std, alpha=0.15)
+        _reference_lines(ax, key, zero_shot)
         ax.set_xlabel("round")
         ax.set_ylabel(label)
         ax.set_title(f"{model}: {label} (mean ± std over seeds)".strip(": "))

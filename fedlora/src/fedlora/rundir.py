@@ -4,6 +4,8 @@ Layout of one run folder:
     config.yaml            resolved configuration (every default filled in)
     status.json            running | failed (with the error) | complete
     metrics.jsonl          one JSON line per round; a new run never appends to an old file
+    eval_items.npz         per-item eval scores of every evaluated round (round 0 = zero-shot)
+                           and the labels, in the eval subset's order: for paired tests
     partition.json         per-client sizes and label statistics
     summary.json           written last: its presence marks a complete run
     checkpoint/            global adapter + head (safetensors) and round state, for `resume`
@@ -16,13 +18,16 @@ resumes from its last complete checkpoint and replays the rounds after it bit-id
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import yaml
 from safetensors import SafetensorError, safe_open
@@ -167,6 +172,39 @@ class RunDir:
         kept = [m for m in records if m["round"] <= last_round]
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
         return kept
+
+    def write_eval_items(self, round_idx: int, scores: np.ndarray, labels: np.ndarray) -> None:
+        """Add (or replace) round `round_idx`'s per-item scores (N, 4) in eval_items.npz, rewritten
+        whole and atomically: a kill leaves the previous version."""
+        old_labels, rounds = self.read_eval_items()
+        if old_labels is not None and not np.array_equal(old_labels, labels):
+            raise RunDirError(f"{self.path / 'eval_items.npz'} holds other eval items than this run's")
+        rounds[round_idx] = np.asarray(scores, dtype=np.float32)
+        self._write_eval_items(labels, rounds)
+
+    def truncate_eval_items(self, last_round: int) -> None:
+        """Keep the rounds up to `last_round` (those the checkpoint covers), as `truncate_metrics`."""
+        labels, rounds = self.read_eval_items()
+        if labels is not None:
+            self._write_eval_items(labels, {r: v for r, v in rounds.items() if r <= last_round})
+
+    def _write_eval_items(self, labels: np.ndarray, rounds: dict[int, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, labels=labels, **{f"round_{r}": rounds[r] for r in sorted(rounds)})
+        atomic_write_bytes(self.path / "eval_items.npz", buf.getvalue())
+
+    def read_eval_items(self) -> tuple[np.ndarray | None, dict[int, np.ndarray]]:
+        """(labels, {round: scores (N, 4)}); (None, {}) when the run recorded none."""
+        file = self.path / "eval_items.npz"
+        if not file.is_file():
+            return None, {}
+        try:
+            with np.load(file) as npz:
+                labels = npz["labels"]
+                rounds = {int(k.removeprefix("round_")): npz[k] for k in npz.files if k.startswith("round_")}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise RunDirError(f"per-item eval file {file} is damaged ({type(err).__name__}: {err})") from None
+        return labels, rounds
 
     # -- checkpoint --------------------------------------------------------------------------
     def save_checkpoint(self, state: AdapterState, round_state: dict) -> None:

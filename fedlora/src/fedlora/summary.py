@@ -1,4 +1,5 @@
-"""Run summaries and the across-seed table in the reference study's layout."""
+"""Run summaries, the across-seed table in the reference study's layout, and the paired
+zero-shot vs final table."""
 from __future__ import annotations
 
 import csv
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from fedlora.files import atomic_write_text
+from fedlora.rundir import RunDir
+from fedlora.stats import accuracy_difference, item_correct, item_losses, loss_difference
 
 # Columns of results.csv (one row per run), in order.
 RESULT_COLUMNS = [
@@ -114,3 +117,40 @@ def markdown_table(rows: list[dict], ddof: int = 0) -> str:
             out.append(f"| {METHOD_LABELS.get(method, method)} | {n} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def paired_rows(runs: list[tuple[str, Path]]) -> list[dict]:
+    """Per (method, run folder): zero-shot (round 0) vs final round on the same eval items, with
+    the paired tests of stats.py. A run without per-item records of both rounds is refused."""
+    rows = []
+    for method, folder in runs:
+        labels, rounds = RunDir(folder).read_eval_items()
+        if 0 not in rounds or len(rounds) < 2:
+            raise ValueError(f"{folder}: eval_items.npz needs the zero-shot round (eval.zero_shot: true) and "
+                             f"a trained round, found rounds {sorted(rounds)}")
+        final = max(rounds)
+        rows.append({
+            "method": method, "n": len(labels), "final_round": final,
+            "accuracy": accuracy_difference(item_correct(rounds[0], labels), item_correct(rounds[final], labels)),
+            "loss": loss_difference(item_losses(rounds[0], labels), item_losses(rounds[final], labels)),
+        })
+    return rows
+
+
+def paired_table(rows: list[dict]) -> str:
+    """Markdown: zero-shot and final accuracy and loss per method, final - zero-shot with its 95%
+    interval and p-value, and which test gave them."""
+    out = ["| Method | items | round | zero-shot acc | final acc | Δ acc [95% CI] | p | "
+           "zero-shot loss | final loss | Δ loss [95% CI] | p |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        acc, loss = row["accuracy"], row["loss"]
+        out.append(
+            f"| {METHOD_LABELS.get(row['method'], row['method'])} | {row['n']} | {row['final_round']} "
+            f"| {acc.before:.3f} | {acc.after:.3f} | {acc.diff:+.3f} [{acc.low:+.3f}, {acc.high:+.3f}] "
+            f"| {acc.p_value:.2g} | {loss.before:.4f} | {loss.after:.4f} "
+            f"| {loss.diff:+.4f} [{loss.low:+.4f}, {loss.high:+.4f}] | {loss.p_value:.2g} |")
+    if rows:
+        out += ["", f"Δ = final - zero-shot on the same items. Accuracy: {rows[0]['accuracy'].test}; "
+                f"loss (per-item cross-entropy over the 4 scores): {rows[0]['loss'].test}. "
+                "Chance: accuracy 0.25, loss ln 4 = 1.3863."]
+    return "\n".join(out) + "\n"
