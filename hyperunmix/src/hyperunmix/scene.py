@@ -44,6 +44,7 @@ class Scene:
     wavelengths: np.ndarray | None = None
     georeference: Georeference | None = None
     meta: dict = field(default_factory=dict)
+    _fingerprint: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         validate_scene(self)
@@ -77,7 +78,13 @@ class Scene:
 
     def fingerprint(self) -> dict:
         """Shape and SHA-256 of the pixels and ground truth: a finished run is reused only for the
-        scene it was fitted on, not for one whose file has changed since."""
+        scene it was fitted on, not for one whose file has changed since. Computed once per scene:
+        a benchmark asks for it at every run, and a large file takes a pass over the disk."""
+        if self._fingerprint is None:
+            self._fingerprint = self._hash()
+        return dict(self._fingerprint)
+
+    def _hash(self) -> dict:
         digest = hashlib.sha256()
         for array in (self.Y, self.E, self.A):
             digest.update(b"none" if array is None else repr(array.shape).encode())
