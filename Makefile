@@ -12,7 +12,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export MPLBACKEND := Agg
 
-.PHONY: setup demo test bench lint reproduce report clean
+.PHONY: setup demo test bench lint reproduce reproduce-small report clean
 
 setup: $(STAMP)
 
@@ -52,20 +52,35 @@ bench: $(STAMP)
 	$(PY) hyperunmix/benchmarks/bench_speed.py
 	$(PY) hyperunmix/benchmarks/bench_memory.py
 
-# The long runs behind docs/results/ (about 2 hours on 2 CPU cores). Every step is resumable: run
-# it again after an interruption and finished runs are kept. In the background:
+# The long runs behind docs/results/. Every step is resumable: run it again after an interruption and
+# finished runs are kept. In the background:
 #   nohup make reproduce > reproduce.log 2>&1 &
-# The MiniLM sweep runs on 1 thread, as for docs/results/ (beside the SmolLM2 sweep): the thread
-# count changes the last digits of a run.
+# `reproduce` is the fedlora study at the reference's drift scale (about 3.5 hours on 2 CPU cores:
+# 6 methods x 3 seeds, then a mu x a_B grid of the client penalty on seed 42) and the hyperunmix bench.
+DRIFT_CONFIG := fedlora/configs/drift-smollm2-135m.yaml
+PENALTY_GRID := 0.05:0.1 0.5:0.01 0.5:0.1
 reproduce: $(STAMP)
+	$(VENV)/bin/fedlora sweep $(DRIFT_CONFIG) --no-progress \
+		--methods fedavg,svd,fedsvd,subspace,subspace-server-only,fedavg-penalty --seeds 42,43,44 \
+		--out sweeps/drift-smollm2-135m
+	for cell in $(PENALTY_GRID); do \
+		mu=$${cell%%:*}; ab=$${cell##*:}; \
+		$(VENV)/bin/fedlora sweep $(DRIFT_CONFIG) --no-progress --methods subspace --seeds 42 \
+			--set method.mu=$$mu --set method.a_b=$$ab --out sweeps/drift-penalty-grid/mu$$mu-ab$$ab || exit 1; \
+	done
+	$(VENV)/bin/hyperunmix bench --config hyperunmix/configs/bench.yaml --out runs/bench
+	$(VENV)/bin/hyperunmix bench --config hyperunmix/configs/bench_urban.yaml --out runs/bench-urban
+
+# The earlier small-scale fedlora study (2 local steps: clients hardly drift), about 2 hours. The MiniLM
+# sweep runs on 1 thread, as for docs/results/ (beside the SmolLM2 sweep): the thread count changes the
+# last digits of a run.
+reproduce-small: $(STAMP)
 	$(VENV)/bin/fedlora sweep fedlora/configs/cpu-smollm2-135m.yaml --no-progress \
 		--methods fedavg,svd,fedsvd,subspace,subspace-server-only,fedavg-penalty --seeds 42,43,44 \
 		--out sweeps/cpu-smollm2-135m
 	$(VENV)/bin/fedlora sweep fedlora/configs/cpu-minilm.yaml --no-progress \
 		--methods fedavg,svd,fedsvd,subspace --seeds 42,43,44 --set rounds=6 --set data.eval_size=100 --set threads=1 \
 		--out sweeps/cpu-minilm
-	$(VENV)/bin/hyperunmix bench --config hyperunmix/configs/bench.yaml --out runs/bench
-	$(VENV)/bin/hyperunmix bench --config hyperunmix/configs/bench_urban.yaml --out runs/bench-urban
 
 # Reproduction pages in docs/results/ from finished (or partly finished) run folders.
 FEDLORA_SWEEPS ?= sweeps/cpu-smollm2-135m sweeps/cpu-minilm

@@ -125,6 +125,12 @@ def test_zero_penalty_is_bit_identical_to_server_only(tiny_model_dir, tmp_path):
     train_federation(tiny_config(tiny_model_dir, **{"method.mu": 50.0}), tmp_path / "on", log=lambda m: None)
     c = without_timing(RunDir(tmp_path / "on").read_metrics())
     assert [m["client_loss"] for m in c] != [m["client_loss"] for m in a]
+    # Drift records: a penalty share only where a penalty is on; every client moved.
+    for m in a[1:]:
+        assert m["penalty_share"] == 0.0 and m["client_penalty"] == [0.0] * len(m["clients"])
+        assert len(m["client_update_norm"]) == len(m["clients"]) and min(m["client_update_norm"]) > 0
+    for m in c[1:]:
+        assert 0 < m["penalty_share"] < 1 and min(m["client_penalty"]) > 0
 
 
 def assert_same_eval_items(a: RunDir, b: RunDir) -> None:

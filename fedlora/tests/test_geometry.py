@@ -6,7 +6,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from fedlora.geometry import GEOMETRY_KEYS, basis_overlap, factored_gram, principal_angles, round_geometry
+from fedlora.geometry import GEOMETRY_KEYS, basis_overlap, factored_gram, principal_angles, round_geometry, update_norms
 from fedlora.state import AdapterState, LoraFactors
 
 S = 2.0
@@ -174,3 +174,17 @@ def test_single_client_has_no_pairs_and_bad_input_is_named():
     del broken.lora["l1.q"]
     with pytest.raises(ValueError, match="l1.q"):
         round_geometry([client], torch.tensor([1.0]), start, broken, S)
+
+
+def test_update_norms_equal_the_dense_drift():
+    start = random_adapter(1)
+    updates = [random_adapter(2 + k, base=start, step=0.1 * (k + 1)) for k in range(3)]
+    dense = [
+        math.sqrt(sum(((S * u.lora[n].B.double() @ u.lora[n].A.double())
+                       - (S * start.lora[n].B.double() @ start.lora[n].A.double())).square().sum().item()
+                      for n in start.lora))
+        for u in updates
+    ]
+    # float64 Gram entries of O(1) norms: rounding ~1e-15 relative; 1e-10 leaves a wide margin.
+    assert update_norms(updates, start, S) == pytest.approx(dense, rel=1e-10)
+    assert update_norms([start], start, S) == pytest.approx([0.0], abs=1e-6)  # sqrt of ~1e-15 rounding

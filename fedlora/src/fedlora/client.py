@@ -62,6 +62,7 @@ class ClientResult:
     examples: int
     micro_batches: int
     optimizer_steps: int
+    mean_penalty: float = 0.0  # mean client penalty over the optimizer steps (0 without one)
 
 
 def derive_seed(seed: int | Sequence[int]) -> int:
@@ -125,7 +126,7 @@ def local_update(model: Any, family: str, data: Encoded, start: AdapterState, me
     generator = torch.Generator().manual_seed(key)
     micro = plan_micro_batches(len(data), train, generator)
     groups = step_plan(micro, train, data)
-    loss_sum, seen = 0.0, 0
+    loss_sum, seen, penalty_sum = 0.0, 0, 0.0
     model.train()
     # Dropout draws from the global RNG: seed it per (seed, round, client) without leaking out.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -143,10 +144,13 @@ def local_update(model: Any, family: str, data: Encoded, start: AdapterState, me
                 loss_sum += losses.detach().sum().item()
                 seen += len(mb)
             if penalty is not None:
-                penalty(live_factors(model)).backward()  # once per step: params fixed within a group
+                value = penalty(live_factors(model))  # once per step: params fixed within a group
+                value.backward()
+                penalty_sum += value.item()
             if train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
             optimizer.step()
     model.eval()
     return ClientResult(state=read_state(model), mean_loss=loss_sum / seen, examples=seen,
-                        micro_batches=len(micro), optimizer_steps=len(groups))
+                        micro_batches=len(micro), optimizer_steps=len(groups),
+                        mean_penalty=penalty_sum / len(groups))

@@ -23,7 +23,7 @@ from fedlora.config import FAMILY_DEFAULTS, RunConfig
 from fedlora.data import Item, load_pools
 from fedlora.evaluation import evaluate_items
 from fedlora.files import check_folder_path
-from fedlora.geometry import round_geometry
+from fedlora.geometry import round_geometry, update_norms
 from fedlora.methods import Method, build_method
 from fedlora.models import add_lora, initial_state, load_base, resolve_device
 from fedlora.partition import Partition, make_partition, partition_stats, sample_clients
@@ -173,6 +173,10 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
         "accuracy": scores.get("accuracy"),
         "loss": scores.get("loss"),
         "client_loss": float(sum(r.mean_loss for r in results) / len(results)),
+        # Client drift: ||dW_k - dW_start||_F per client, and the penalty's share of its objective.
+        "client_update_norm": update_norms(updates, state, cfg.lora.scaling),
+        "client_penalty": [r.mean_penalty for r in results],
+        "penalty_share": float(np.mean([r.mean_penalty / (r.mean_loss + r.mean_penalty) for r in results])),
         "examples_trained": [r.examples for r in results],
         "optimizer_steps": [r.optimizer_steps for r in results],
         "time_train_s": time_train_s,

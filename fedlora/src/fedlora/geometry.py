@@ -130,6 +130,20 @@ def _layer_geometry(clients: list[LoraFactors], p: Tensor, start: LoraFactors, n
     return out
 
 
+def update_norms(updates: list[AdapterState], start: AdapterState, scaling: float) -> list[float]:
+    """How far each client drifted in its round: ||dW_k - dW_start||_F over all LoRA layers
+    (the root of the sum over layers of the squared Frobenius norms), dW = s B A."""
+    check_same_layout(updates, start)
+    sq = torch.zeros(len(updates), dtype=torch.float64)
+    for name, ref in start.lora.items():
+        for k, u in enumerate(updates):
+            f = u.lora[name]
+            B = torch.cat([f.B, ref.B], dim=1).to(torch.float64) * scaling
+            A = torch.cat([f.A, -ref.A], dim=0).to(torch.float64)  # [B_k, B][A_k; -A] = dW_k - dW
+            sq[k] += ((B.T @ B) * (A @ A.T)).sum()
+    return sq.clamp_min(0).sqrt().tolist()
+
+
 def round_geometry(updates: list[AdapterState], weights: Tensor, start: AdapterState,
                    new: AdapterState, scaling: float) -> dict[str, float]:
     """Geometry of one round, per layer then averaged over layers with equal weight.

@@ -17,7 +17,7 @@ from fedlora.state import AdapterState
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 ROUND_KEY, CLIENT_KEY = "server-round", "client"
-RESULT_FIELDS = ("mean_loss", "examples", "micro_batches", "optimizer_steps")
+RESULT_FIELDS = ("mean_loss", "examples", "micro_batches", "optimizer_steps", "mean_penalty")
 
 
 def state_to_arrays(state: AdapterState, trained_only: bool = False) -> ArrayRecord:
@@ -76,6 +76,7 @@ def result_content(result: ClientResult, client: int, trained_only: bool) -> Rec
         "examples": int(result.examples),
         "micro_batches": int(result.micro_batches),
         "optimizer_steps": int(result.optimizer_steps),
+        "mean_penalty": float(result.mean_penalty),
         "num-examples": int(result.examples),  # the key Flower's strategies weight by
     })
     return RecordDict({ARRAYS: state_to_arrays(result.state, trained_only), METRICS: metrics})
@@ -92,7 +93,8 @@ def read_result(content: RecordDict, start: AdapterState) -> tuple[int, ClientRe
     state = arrays_to_state(content[ARRAYS], like=start)
     result = ClientResult(state=state, mean_loss=float(metrics["mean_loss"]), examples=int(metrics["examples"]),
                           micro_batches=int(metrics["micro_batches"]),
-                          optimizer_steps=int(metrics["optimizer_steps"]))
+                          optimizer_steps=int(metrics["optimizer_steps"]),
+                          mean_penalty=float(metrics["mean_penalty"]))
     return int(metrics["client"]), result
 
 
