@@ -83,10 +83,10 @@ reproduce-small: $(STAMP)
 		--out sweeps/cpu-minilm
 
 # Reproduction pages in docs/results/ from finished (or partly finished) run folders.
-FEDLORA_SWEEPS ?= sweeps/cpu-smollm2-135m sweeps/cpu-minilm
+FEDLORA_SWEEPS ?= sweeps/drift-smollm2-135m sweeps/cpu-smollm2-135m sweeps/cpu-minilm
 HYPERUNMIX_BENCHES ?= runs/bench runs/bench-urban
 report: $(STAMP)
-	$(PY) -m fedlora.reproduction --sweeps $(FEDLORA_SWEEPS) --out docs/results/fedlora.md
+	$(PY) -m fedlora.reproduction --sweeps $(FEDLORA_SWEEPS) --grid sweeps/drift-penalty-grid --out docs/results/fedlora.md
 	$(PY) -m hyperunmix.reproduction --bench $(HYPERUNMIX_BENCHES) --out docs/results/hyperunmix.md
 
 lint: $(STAMP)

@@ -58,6 +58,42 @@ def test_sweep_and_report(tiny_args, tmp_path):
     assert again.exit_code == 0 and table.strip() in again.output
 
 
+def test_method_variants_run_in_their_own_folders_and_rows(tiny_args, tmp_path):
+    out = tmp_path / "sweep"
+    result = runner.invoke(app, ["sweep", str(CONFIGS / "tiny.yaml"), *tiny_args, "--methods",
+                                 "subspace,subspace:mu=0.5:a_b=0", "--seeds", "1", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    with open(out / "results.csv") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"subspace", "subspace:mu=0.5:a_b=0.0"}
+    assert (rows["subspace"]["mu"], rows["subspace"]["a_b"]) == ("0.05", "0.01")
+    assert (rows["subspace:mu=0.5:a_b=0.0"]["mu"], rows["subspace:mu=0.5:a_b=0.0"]["a_b"]) == ("0.5", "0.0")
+    assert rows["subspace"]["run_dir"] != rows["subspace:mu=0.5:a_b=0.0"]["run_dir"]
+    summary = json.loads((out / rows["subspace:mu=0.5:a_b=0.0"]["run_dir"] / "summary.json").read_text())
+    assert summary["method_spec"]["mu"] == 0.5 and summary["method_spec"]["server"] == "orthogonal_b"
+    assert "Subspace-Reg (mu=0.5, a_b=0.0)" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize(("variant", "named"), [("subspace:mu", "expected switch=value"),
+                                                ("subspace:bogus=1", "bogus"),
+                                                ("subspace:mu=-1", "mu")])
+def test_bad_method_variant_is_refused_before_any_run(tiny_args, tmp_path, variant, named):
+    result = runner.invoke(app, ["sweep", str(CONFIGS / "tiny.yaml"), *tiny_args, "--methods", f"fedavg,{variant}",
+                                 "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and named in one_error_line(result)
+    assert not (tmp_path / "s").exists()
+
+
+def test_methods_lists_the_registry():
+    from fedlora.methods import METHODS
+
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert [line.split()[0] for line in lines] == list(METHODS)
+    assert "server=average" in lines[list(METHODS).index("rolora")] and "trains=B/A" in result.output
+
+
 def test_unknown_method_is_refused(tiny_args, tmp_path):
     result = runner.invoke(app, ["sweep", str(CONFIGS / "tiny.yaml"), *tiny_args, "--methods", "fedavg,fedprox",
                                  "--out", str(tmp_path / "s")])

@@ -18,8 +18,8 @@ from fedlora.scoring import choice_loss, choice_scores, encode
 from fedlora.state import LoraFactors
 
 
-def _method(freeze_a=False, penalty=PenaltyWeights(), server="average"):
-    return Method(name="test", server=server, rank=4, scaling=2.0, freeze_a=freeze_a, penalty=penalty)
+def _method(penalty=PenaltyWeights(), server="average"):
+    return Method(name="test", server=server, rank=4, scaling=2.0, penalty=penalty)
 
 
 def _train(batch_size=8, grad_accum=1, steps=2, lr=1e-2, clip=0.5, epochs=None, length_grouping=False):
@@ -63,13 +63,15 @@ def test_write_state_errors_name_the_tensor(tokenizer):
         write_state(model, state)
 
 
-def test_set_trainable_freeze_a(tokenizer):
+def test_set_trainable_trains_the_named_factors(tokenizer):
     model = make_lora_model("encoder", tokenizer)
-    params = set_trainable(model, freeze_a=True)
     n_layers = len(live_factors(model))
-    assert len(params) == n_layers + 2  # every B + classifier weight and bias
-    assert all(not f.A.requires_grad and f.B.requires_grad for f in live_factors(model).values())
-    assert len(set_trainable(model, freeze_a=False)) == 2 * n_layers + 2
+    for trained in ("B", "A"):
+        params = set_trainable(model, trained)
+        assert len(params) == n_layers + 2  # one factor per layer + classifier weight and bias
+        assert all(f.A.requires_grad == (trained == "A") and f.B.requires_grad == (trained == "B")
+                   for f in live_factors(model).values())
+    assert len(set_trainable(model, "AB")) == 2 * n_layers + 2
 
 
 @pytest.mark.parametrize("family", ["encoder", "decoder"])
@@ -191,14 +193,16 @@ def test_leftover_accumulation_is_stepped_with_its_mean(tokenizer):
     assert _max_diff(a.state, b.state) < 1e-5
 
 
-def test_fedsvd_freeze_keeps_a(tokenizer):
+@pytest.mark.parametrize(("trained", "frozen"), [("B", "A"), ("A", "B")])
+def test_a_frozen_factor_is_kept_bit_for_bit(tokenizer, trained, frozen):
     data = encode(make_items(8, seed=9), tokenizer, "encoder", 48)
     model = make_lora_model("encoder", tokenizer)
     start = _random_state(model, seed=4)
-    out = local_update(model, "encoder", data, start, _method(freeze_a=True), _train(batch_size=4, steps=2), seed=2)
-    for name, f in out.state.lora.items():
-        assert torch.equal(f.A, start.lora[name].A)
-    assert max((f.B - start.lora[n].B).abs().max().item() for n, f in out.state.lora.items()) > 1e-4
+    out = local_update(model, "encoder", data, start, _method(), _train(batch_size=4, steps=2), seed=2,
+                       trained=trained)
+    moved = lambda factor: max((getattr(f, factor) - getattr(start.lora[n], factor)).abs().max().item()  # noqa: E731
+                               for n, f in out.state.lora.items())
+    assert moved(frozen) == 0.0 and moved(trained) > 1e-4
     assert not torch.equal(out.state.head["classifier.weight"], start.head["classifier.weight"])
 
 

@@ -164,19 +164,21 @@ def test_arrays_round_trip_is_bit_exact():
         assert torch.equal(back.flat_dict()[key], t)
 
 
-def test_trained_only_sends_no_a_and_takes_a_from_the_start():
+@pytest.mark.parametrize(("sent", "kept"), [("B", "A"), ("A", "B")])
+def test_only_the_trained_factor_is_sent_and_the_other_comes_from_the_start(sent, kept):
     from fedlora.client import ClientResult
 
     start, trained = random_state(0), random_state(1)
-    record = state_to_arrays(trained, trained_only=True)
-    assert not [k for k in record if k.endswith("::A")]
+    record = state_to_arrays(trained, sent)
+    assert not [k for k in record if k.endswith(f"::{kept}")]
     assert record.count_bytes() < state_to_arrays(trained).count_bytes()
-    content = result_content(ClientResult(trained, 1.25, 16, 4, 2), client=2, trained_only=True)
+    content = result_content(ClientResult(trained, 1.25, 16, 4, 2, mean_penalty=0.5), client=2, trained=sent)
     client, result = read_result(content, start)
     assert client == 2 and result.examples == 16 and result.mean_loss == 1.25 and result.optimizer_steps == 2
+    assert result.mean_penalty == 0.5
     for name in start.lora:
-        assert torch.equal(result.state.lora[name].A, start.lora[name].A)
-        assert torch.equal(result.state.lora[name].B, trained.lora[name].B)
+        assert torch.equal(getattr(result.state.lora[name], kept), getattr(start.lora[name], kept))
+        assert torch.equal(getattr(result.state.lora[name], sent), getattr(trained.lora[name], sent))
 
 
 def test_arrays_mismatch_names_the_tensor():

@@ -101,7 +101,7 @@ def test_server_clipping_bounds_each_layer(round_inputs):
 def test_fedsvd_is_exact_and_a_orthonormal(round_inputs):
     updates, weights, start = round_inputs
     m = build_method(MethodConfig(name="fedsvd", clip=False), rank=R, scaling=S, family_clip_tau=15.0)
-    assert m.freeze_a and m.server == "fedsvd"
+    assert m.trains == ("B",) and m.server == "fedsvd"
     new = m.aggregate(updates, weights, start)
     for name in SHAPES:
         B_bar = sum(p * u.lora[name].B for p, u in zip(weights.tolist(), updates))
@@ -121,18 +121,22 @@ def test_float32_state_stays_float32():
 
 
 def test_registry_and_presets():
-    assert list(METHODS) == ["fedavg", "svd", "fedsvd", "subspace", "subspace-server-only", "fedavg-penalty"]
     expected = {
-        "fedavg": ("average", False, False),
-        "svd": ("symmetric", False, False),
-        "fedsvd": ("fedsvd", True, False),
-        "subspace": ("orthogonal_b", False, True),
-        "subspace-server-only": ("orthogonal_b", False, False),
-        "fedavg-penalty": ("average", False, True),
+        "fedavg": ("average", ("AB",), False),
+        "svd": ("symmetric", ("AB",), False),
+        "fedsvd": ("fedsvd", ("B",), False),
+        "subspace": ("orthogonal_b", ("AB",), True),
+        "subspace-server-only": ("orthogonal_b", ("AB",), False),
+        "fedavg-penalty": ("average", ("AB",), True),
+        "ffa-lora": ("average", ("B",), False),
+        "rolora": ("average", ("B", "A"), False),
     }
-    for name, (server, freeze_a, active) in expected.items():
+    assert list(METHODS)[:6] == list(expected)[:6]  # the reference study's order first
+    assert set(expected) <= set(METHODS)
+    for name, (server, trains, active) in expected.items():
         m = build_method(MethodConfig(name=name), rank=8, scaling=2.0, family_clip_tau=15.0)
-        assert (m.server, m.freeze_a, m.penalty.active) == (server, freeze_a, active), name
+        assert (m.server, m.trains, m.penalty.active) == (server, trains, active), name
+        assert m.label == name and m.spec()["name"] == name
     sub = build_method(MethodConfig(name="subspace"), rank=8, scaling=2.0, family_clip_tau=15.0)
     assert sub.penalty == PenaltyWeights(mu=0.05, a_b=0.01, lam=1e-5)
     assert sub.clip_tau == 15.0 and sub.norm_restore and sub.rank == 8 and sub.scaling == 2.0
@@ -142,7 +146,9 @@ def test_build_method_applies_switches():
     cfg = MethodConfig(name="subspace", server="symmetric", mu=0.0, lam=0.0, freeze_a=True,
                        norm_restore=False, clip_tau=3.0)
     m = build_method(cfg, rank=4, scaling=4.0, family_clip_tau=25.0)
-    assert m.server == "symmetric" and m.freeze_a and not m.norm_restore
+    assert m.server == "symmetric" and m.trains == ("B",) and not m.norm_restore
+    # The label names every switch that differs from the preset, in the config's field order.
+    assert m.label == "subspace:server=symmetric:mu=0.0:lam=0.0:freeze_a=True:norm_restore=False:clip_tau=3.0"
     assert m.penalty == PenaltyWeights(mu=0.0, a_b=0.01, lam=0.0)
     assert m.clip_tau == 3.0
     assert build_method(MethodConfig(name="svd", clip=False), rank=4, scaling=4.0,
@@ -180,3 +186,35 @@ def test_aggregate_rejects_bad_inputs(round_inputs):
         m.aggregate([wrong], torch.tensor([1.0]), start)
     with pytest.raises(ValueError, match="server rule"):
         method("median")
+
+
+def clients_sharing(start, factor, seeds=(1, 2, 3)):
+    """Client adapters that trained only the other factor: `factor` is the start's, bit for bit."""
+    out = []
+    for seed in seeds:
+        u = random_adapter(seed)
+        lora = {n: f._replace(**{factor: getattr(start.lora[n], factor)}) for n, f in u.lora.items()}
+        out.append(AdapterState(lora=lora, head=u.head))
+    return out
+
+
+@pytest.mark.parametrize(("name", "round_idx", "frozen"), [("ffa-lora", 1, "A"), ("ffa-lora", 2, "A"),
+                                                           ("rolora", 1, "A"), ("rolora", 2, "B"),
+                                                           ("rolora", 3, "A")])
+def test_frozen_factor_methods_average_exactly(round_inputs, name, round_idx, frozen):
+    _, weights, start = round_inputs
+    m = build_method(MethodConfig(name=name), rank=R, scaling=S, family_clip_tau=15.0)
+    trained = "B" if frozen == "A" else "A"
+    assert m.trained(round_idx) == trained
+    updates = clients_sharing(start, frozen)
+    new = m.aggregate(updates, weights, start, round_idx)
+    for layer in SHAPES:
+        assert torch.equal(getattr(new.lora[layer], frozen), getattr(start.lora[layer], frozen))
+        # The frozen factor is shared, so the averaged factor gives exactly the averaged update.
+        got = S * new.lora[layer].B @ new.lora[layer].A
+        torch.testing.assert_close(got, dense_mean_update(updates, weights, layer), rtol=0, atol=1e-13)
+
+
+def test_unknown_server_rule_is_named_with_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown server rule 'mean'.*average"):
+        MethodConfig(name="fedavg", server="mean")

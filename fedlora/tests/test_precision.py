@@ -72,7 +72,7 @@ def test_bf16_training_is_finite_close_to_fp32_and_keeps_fp32_state(tokenizer, f
     model = _randomized(family, tokenizer, lora_dropout=0.1)
     data = encode(make_items(12, seed=2), tokenizer, family, 48)
     start = read_state(model)
-    method = Method(name="t", server="average", rank=4, scaling=2.0, freeze_a=False,
+    method = Method(name="t", server="average", rank=4, scaling=2.0,
                     penalty=PenaltyWeights(mu=0.05, a_b=0.01, lam=1e-5))
     results = {}
     for prec in ("fp32", "bf16"):

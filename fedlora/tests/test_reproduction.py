@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from fedlora.config import RunConfig, dump_config
 from fedlora.reproduction import INTERPRETATION, main, render
+from fedlora.rundir import RunDir
 from fedlora.summary import summarize
 
 ROUNDS = 4
@@ -26,8 +28,14 @@ KEYS = {"Best acc": "best_accuracy", "Mean last-5": "mean_last5_accuracy", "Fina
         "Basis overlap (code)": "basis_overlap_code", "Zero-shot acc": "zero_shot_accuracy"}
 
 
-def metrics_for(method: str, seed: int, rounds: int) -> list[dict]:
-    rng = np.random.default_rng(seed * 31 + len(method))
+ITEMS = 60
+ITEM_LABELS = np.random.default_rng(0).integers(0, 4, ITEMS)
+
+
+def metrics_for(method: str, seed: int, rounds: int, recorded: bool, cell: int = 0) -> list[dict]:
+    """Per-round records; `recorded`: with the client drift keys (older sweeps lack them); `cell`
+    varies the numbers of a penalty grid cell."""
+    rng = np.random.default_rng(seed * 31 + len(method) + cell)
     records = [{"round": 0, "accuracy": 0.25 + rng.uniform(0, 0.01), "loss": 1.386}]
     for r in range(1, rounds + 1):
         geometry = {"basis_overlap": 0.9 + rng.uniform(0, 0.09), "basis_overlap_code": 0.95 + rng.uniform(0, 0.04),
@@ -35,32 +43,71 @@ def metrics_for(method: str, seed: int, rounds: int) -> list[dict]:
         records.append({"round": r, "accuracy": 0.3 + OFFSET[method] + rng.uniform(0, 0.05),
                         "loss": 1.38 - OFFSET[method] / 10 + rng.uniform(0, 0.01), "client_loss": 1.3,
                         "geometry": geometry})
+        if recorded:
+            penalty = rng.uniform(0, 0.01, 3) if "subspace" == method or "penalty" in method else np.zeros(3)
+            drift = rng.uniform(1, 5, 3) * (1 + OFFSET[method])
+            records[-1] |= {"client_update_norm": drift.tolist(), "client_penalty": penalty.tolist(),
+                            "penalty_share": float(np.mean(penalty / (1.3 + penalty)))}
     return records
 
 
-def write_run(folder: Path, method: str, seed: int) -> None:
-    """The files the engine writes: config.yaml, status.json, metrics.jsonl, summary.json when done."""
+def item_scores(method: str, seed: int, round_idx: int, cell: int = 0) -> np.ndarray:
+    """(ITEMS, 4) scores: round 0 the same for every method of a seed, trained rounds leaning toward
+    the label by the method's offset."""
+    if round_idx == 0:
+        return np.random.default_rng([seed, 0]).normal(size=(ITEMS, 4)).astype(np.float32)
+    rng = np.random.default_rng([seed, round_idx, list(OFFSET).index(method), cell])
+    scores = rng.normal(size=(ITEMS, 4))
+    scores[np.arange(ITEMS), ITEM_LABELS] += 0.3 + 5 * OFFSET[method] + cell / 1000
+    return scores.astype(np.float32)
+
+
+def write_run(folder: Path, method: str, seed: int, recorded: bool = True, switches: dict | None = None,
+              progress: tuple[str, int] | None = None) -> None:
+    """The files the engine writes: config.yaml, status.json, metrics.jsonl, eval_items.npz (when
+    `recorded`), summary.json when done. `switches`: method.mu / a_b / lam; `progress`: (status,
+    rounds done), else from UNFINISHED."""
     folder.mkdir(parents=True)
+    switches = switches or {}
     cfg = RunConfig(model={"name": "tiny-encoder"}, rounds=ROUNDS, seed=seed, threads=1,
-                    method={"name": method}, eval={"zero_shot": True})
+                    method={"name": method, **switches}, eval={"zero_shot": True})
     (folder / "config.yaml").write_text(dump_config(cfg))
-    status, done = UNFINISHED.get((method, seed), ("complete", ROUNDS))
-    metrics = metrics_for(method, seed, done)
+    status, done = progress or UNFINISHED.get((method, seed), ("complete", ROUNDS))
+    cell = round(1000 * switches.get("mu", 0) + 100 * switches.get("a_b", 0))
+    metrics = metrics_for(method, seed, done, recorded, cell)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     (folder / "status.json").write_text(json.dumps({"status": status}))
+    if recorded:
+        for r in range(done + 1):
+            RunDir(folder).write_eval_items(r, item_scores(method, seed, r, cell), ITEM_LABELS)
     if status == "complete":
         summary = {"method": method, "seed": seed, "model": cfg.model.name, **summarize(metrics),
                    "wall_s": 10.0 + seed + OFFSET[method]}
         (folder / "summary.json").write_text(json.dumps(summary))
 
 
-@pytest.fixture
-def sweep(tmp_path: Path) -> Path:
-    root = tmp_path / "sweeps" / "tiny"
+def make_sweep(root: Path, recorded: bool = True) -> Path:
     for method in OFFSET:
         for seed in SEEDS:
-            write_run(root / "tiny-encoder" / method / f"seed{seed}", method, seed)
+            write_run(root / "tiny-encoder" / method / f"seed{seed}", method, seed, recorded)
     return root
+
+
+# Penalty grid cells beside the main sweep's preset (0.05, 0.01): (mu, a_b) -> (status, rounds done).
+GRID = {(0.5, 0.1): ("complete", ROUNDS), (0.5, 0.01): ("complete", ROUNDS), (0.05, 0.1): ("running", 2)}
+
+
+def make_grid(root: Path, recorded: bool = True) -> Path:
+    """A grid folder of one-run sweep folders, subspace seed 42 with method.mu and method.a_b set."""
+    for (mu, a_b), progress in GRID.items():
+        write_run(root / f"mu{mu}-ab{a_b}" / "tiny-encoder" / "subspace" / "seed42", "subspace", 42, recorded,
+                  {"mu": mu, "a_b": a_b}, progress)
+    return root
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    return make_sweep(tmp_path / "sweeps" / "tiny")
 
 
 def tables(markdown: str) -> dict[str, tuple[list[str], list[list[str]]]]:
@@ -206,3 +253,150 @@ def test_orderings_equal_at_the_precision_shown_are_ties():
     assert verdict == "tie" and text == "Subspace-Reg = FedAvg (0.333 vs 0.333)"
     assert _our_direction({}, {"subspace": 0.3336, "fedavg": 0.3331}, "subspace", "fedavg", "best_accuracy")[1] \
         == "reproduces"
+
+
+# -- gains, client drift, penalty grid: checked against computations from the files with numpy/scipy
+def final_items(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with np.load(folder / "eval_items.npz") as npz:
+        return npz["labels"], npz["round_0"], npz[f"round_{ROUNDS}"]
+
+
+def correct(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return (scores.argmax(axis=1) == labels).astype(float)
+
+
+def cross_entropy(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    s = scores.astype(np.float64)
+    return np.log(np.exp(s).sum(axis=1)) - s[np.arange(len(labels)), labels]
+
+
+def t_cells(before: list[np.ndarray], after: list[np.ndarray], digits: int) -> list[str]:
+    """Interval and p of a paired t test over items of the per-item means over seeds."""
+    b, a = np.mean(before, axis=0), np.mean(after, axis=0)
+    test = stats.ttest_rel(a, b)
+    ci = test.confidence_interval(0.95)
+    return [f"{(a - b).mean():+.{digits}f} [{ci.low:+.{digits}f}, {ci.high:+.{digits}f}]", f"{test.pvalue:.2g}"]
+
+
+def mcnemar_cell(before: np.ndarray, after: np.ndarray) -> str:
+    gained, lost = int(np.sum((after == 1) & (before == 0))), int(np.sum((before == 1) & (after == 0)))
+    test = stats.binomtest(gained, gained + lost)
+    ci = test.proportion_ci(0.95, method="exact")
+    scale = (gained + lost) / len(before)
+    return (f"{(gained - lost) / len(before):+.3f} [{scale * (2 * ci.low - 1):+.3f}, {scale * (2 * ci.high - 1):+.3f}] "
+            f"p={test.pvalue:.2g}")
+
+
+def test_gains_are_paired_over_items_with_seeds_averaged(sweep: Path, tmp_path: Path):
+    text = render([sweep], tmp_path / "page.md")
+    header, rows = tables(text)["Gains over zero-shot and over FedAvg, paired over the eval items"]
+    by_method = {r[0]: r for r in rows}
+    assert header.count("p") == 4 and len(rows) == len(OFFSET)
+    items = {(m, s): final_items(sweep / "tiny-encoder" / m / f"seed{s}") for m, s in summaries(sweep)}
+    for name, method, seeds in [("Subspace-Reg", "subspace", SEEDS), ("SVD", "svd", [42, 43])]:
+        row = by_method[name]
+        zero = [items[(method, s)] for s in seeds]
+        fedavg = [items[("fedavg", s)] for s in seeds]
+        acc_final = [correct(f, y) for y, _, f in zero]
+        loss_final = [cross_entropy(f, y) for y, _, f in zero]
+        assert row[2:4] == [f"{np.mean(acc_final):.3f}", f"{np.mean(loss_final):.4f}"]
+        assert row[4:6] == t_cells([correct(z, y) for y, z, _ in zero], acc_final, 3)
+        assert row[6:8] == t_cells([cross_entropy(z, y) for y, z, _ in zero], loss_final, 4)
+        assert row[8] == ", ".join(map(str, seeds))
+        assert row[9:11] == t_cells([correct(f, y) for y, _, f in fedavg], acc_final, 3)
+        assert row[11:13] == t_cells([cross_entropy(f, y) for y, _, f in fedavg], loss_final, 4)
+    assert by_method["SVD"][1] == "42, 43; seed 44 unfinished (round 2/4)"
+    assert float(by_method["Subspace-Reg"][5]) < 0.05  # the fixture's gain over zero-shot is real
+    assert by_method["FedAvg"][8:] == ["—"] * 5
+    penalty = by_method["fedavg-penalty"]
+    assert penalty[1].startswith("none; seed 42 unfinished (round 1/4); seed 43 unfinished (round 3/4, failed)")
+    assert set(penalty[2:]) == {"n/a", "none"}
+    assert "paired t test over the items" in text and "exact McNemar" in text
+
+    header, rows = tables(text)["Per seed"]
+    cells = {(r[0], r[1]): r for r in rows}
+    assert len(rows) == len(OFFSET) * len(SEEDS)
+    labels, zero, final = items[("subspace", 43)]
+    _, _, fedavg_final = items[("fedavg", 43)]
+    row = cells[("Subspace-Reg", "43")]
+    assert row[2] == mcnemar_cell(correct(zero, labels), correct(final, labels))
+    assert row[4] == mcnemar_cell(correct(fedavg_final, labels), correct(final, labels))
+    interval, p = t_cells([cross_entropy(zero, labels)], [cross_entropy(final, labels)], 4)
+    assert row[3] == f"{interval} p={p}"
+    assert cells[("SVD", "44")][2:] == ["unfinished (round 2/4)"] * 4
+    assert cells[("FedAvg", "42")][4:] == ["—", "—"]
+
+
+def drift_of(folder: Path) -> dict[str, float]:
+    trained = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()][1:]
+    norms = np.array([m["client_update_norm"] for m in trained])  # (rounds, clients)
+    return {"mean": norms.mean(), "first": norms[0].mean(), "last": norms[-1].mean(),
+            "share": np.mean([m["penalty_share"] for m in trained])}
+
+
+def test_client_drift_table(sweep: Path, tmp_path: Path):
+    header, rows = tables(render([sweep], tmp_path / "page.md"))["Client drift"]
+    by_method = {r[0]: r for r in rows}
+    assert header == ["Method", "n", "Drift, mean over rounds", "Drift, round 1", "Drift, last round", "Penalty share"]
+    for name, method, seeds in [("Subspace-Reg", "subspace", SEEDS), ("SVD", "svd", [42, 43])]:
+        runs = [drift_of(sweep / "tiny-encoder" / method / f"seed{s}") for s in seeds]
+        for column, key, digits in [(2, "mean", 3), (3, "first", 3), (4, "last", 3), (5, "share", 4)]:
+            values = np.array([r[key] for r in runs])
+            assert by_method[name][column] == f"{values.mean():.{digits}f} ± {values.std():.{digits}f}", (name, key)
+    assert float(by_method["Subspace-Reg"][5].split(" ± ")[0]) > 0
+    assert by_method["FedAvg"][5] == "0.0000 ± 0.0000"
+    assert by_method["fedavg-penalty"][2:] == ["n/a"] * 4
+
+
+def test_penalty_grid_with_the_main_sweeps_cells(sweep: Path, tmp_path: Path):
+    grid = make_grid(tmp_path / "sweeps" / "grid")
+    text = render([sweep], tmp_path / "page.md", grid)
+    header, rows = tables(text)["Penalty strength grid `grid`"]
+    by_cell = {tuple(r[1:4]): r for r in rows}
+    assert list(by_cell) == [("0", "0", "0"), ("0.05", "0.01", "1e-05"), ("0.05", "0.1", "1e-05"),
+                             ("0.5", "0.01", "1e-05"), ("0.5", "0.1", "1e-05")]
+    source = summaries(sweep)
+    assert by_cell[("0", "0", "0")][0] == f"{sweep}/tiny-encoder/subspace-server-only/seed42"
+    assert by_cell[("0.05", "0.01", "1e-05")][4] == f"{source[('subspace', 42)]['final_accuracy']:.3f}"
+    assert by_cell[("0.05", "0.1", "1e-05")][4:] == ["unfinished (round 2/4)"] * 8
+    folder = grid / "mu0.5-ab0.1" / "tiny-encoder" / "subspace" / "seed42"
+    summary = json.loads((folder / "summary.json").read_text())
+    geometry = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])["geometry"]
+    labels, zero, final = final_items(folder)
+    interval, p = mcnemar_cell(correct(zero, labels), correct(final, labels)).split(" p=")
+    drift = drift_of(folder)
+    assert by_cell[("0.5", "0.1", "1e-05")] == [
+        folder.as_posix(), "0.5", "0.1", "1e-05", f"{summary['final_accuracy']:.3f}", f"{summary['final_loss']:.4f}",
+        interval, p, f"{geometry['basis_overlap']:.4f}", f"{geometry['basis_overlap_code']:.5f}",
+        f"{drift['share']:.4f}", f"{drift['mean']:.3f}"]
+    assert by_cell[("0.5", "0.1", "1e-05")] != by_cell[("0.5", "0.01", "1e-05")]
+
+
+def test_older_sweeps_and_a_missing_grid(tmp_path: Path, capsys):
+    old = make_sweep(tmp_path / "sweeps" / "old", recorded=False)
+    out = tmp_path / "page.md"
+    main(["--sweeps", str(old), "--grid", str(tmp_path / "sweeps" / "no-grid"), "--out", str(out)])
+    text = out.read_text()
+    assert "Per-item eval records (eval_items.npz with the zero-shot round 0) are not in these runs" in text
+    assert "Client drift is not recorded in these runs" in text
+    assert f"`{tmp_path / 'sweeps' / 'no-grid'}` does not exist: the grid was not run." in text
+    assert "Results (mean ± sample std, ddof=1)" in tables(text)  # the rest of the page is there
+
+    header, rows = tables(render([old], out, make_grid(tmp_path / "sweeps" / "old-grid", recorded=False)))[
+        "Penalty strength grid `old-grid`"]
+    complete = [r for r in rows if not r[4].startswith("unfinished")]
+    assert len(complete) == 4
+    for row in complete:
+        cells = dict(zip(header, row))
+        assert [cells["Δ acc vs zero-shot [95% CI]"], cells["p"], cells["Penalty share"],
+                cells["Drift, mean over rounds"]] == ["n/a"] * 4
+        assert cells["Final acc"] != "n/a"
+
+
+def test_runs_on_different_items_are_not_paired(sweep: Path, tmp_path: Path):
+    folder = RunDir(sweep / "tiny-encoder" / "fedavg" / "seed42")
+    folder.path.joinpath("eval_items.npz").unlink()
+    for r in range(ROUNDS + 1):
+        folder.write_eval_items(r, item_scores("fedavg", 42, r), (ITEM_LABELS + 1) % 4)
+    with pytest.raises(ValueError, match="evaluated on different items"):
+        render([sweep], tmp_path / "page.md")

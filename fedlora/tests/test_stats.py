@@ -1,12 +1,19 @@
-"""Paired tests of stats.py against worked examples computed by hand."""
+"""Paired tests of stats.py against worked examples computed by hand, and against scipy.stats."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from fedlora.stats import accuracy_difference, item_correct, item_losses, loss_difference
+from fedlora.stats import (
+    accuracy_difference,
+    item_correct,
+    item_losses,
+    loss_difference,
+    seed_averaged_difference,
+)
 
 
 def test_accuracy_difference_matches_the_worked_mcnemar_example():
@@ -57,3 +64,36 @@ def test_unpaired_inputs_are_refused(before, after):
         loss_difference(before, after)
     with pytest.raises(ValueError, match="same length"):
         accuracy_difference(before, after)
+
+
+def test_seed_averaged_difference_is_a_paired_t_over_the_item_means():
+    # 2 seeds x 4 items whose per-item mean differences are 1, 2, 3, 4: the worked example of
+    # test_loss_difference_is_the_paired_t_interval (mean 2.5, half-width 2.0542603, p 0.0304663).
+    before = np.array([[1.0, 0.0, 2.0, 1.0], [1.0, 2.0, 0.0, 1.0]])
+    after = np.array([[2.0, 2.0, 4.0, 6.0], [2.0, 4.0, 4.0, 4.0]])
+    d = seed_averaged_difference(before, after)
+    assert (d.before, d.after, d.diff) == (1.0, 3.5, 2.5)
+    assert d.low == pytest.approx(2.5 - 2.0542603, abs=1e-6)
+    assert d.high == pytest.approx(2.5 + 2.0542603, abs=1e-6)
+    assert d.p_value == pytest.approx(0.0304663, abs=1e-6)
+    assert "over items" in d.test
+
+
+def test_seed_averaged_difference_of_correctness_matches_scipy():
+    rng = np.random.default_rng(1)
+    before, after = rng.random((3, 50)) < 0.4, rng.random((3, 50)) < 0.6
+    d = seed_averaged_difference(before, after)
+    # Independently: the one-sample t test of the per-item differences of the fractions right.
+    diffs = after.mean(axis=0) - before.mean(axis=0)
+    test = stats.ttest_1samp(diffs, 0.0)
+    ci = test.confidence_interval(0.95)
+    assert d.diff == pytest.approx(diffs.mean(), rel=1e-12)
+    assert (d.low, d.high, d.p_value) == pytest.approx((ci.low, ci.high, test.pvalue), rel=1e-10)
+    assert (d.before, d.after) == pytest.approx((before.mean(), after.mean()), rel=1e-12)
+
+
+@pytest.mark.parametrize("before, after", [(np.ones((2, 3)), np.ones((3, 3))), (np.ones(3), np.ones(3)),
+                                           (np.ones((2, 0)), np.ones((2, 0)))])
+def test_seed_averaged_difference_refuses_other_shapes(before, after):
+    with pytest.raises(ValueError, match="seeds, items"):
+        seed_averaged_difference(before, after)

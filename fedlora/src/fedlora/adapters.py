@@ -119,16 +119,17 @@ def write_state(model: PeftModel, state: AdapterState) -> None:
         _copy_into(p, state.head[name], name)
 
 
-def set_trainable(model: PeftModel, freeze_a: bool) -> list[nn.Parameter]:
-    """Only LoRA (B, and A unless frozen) and head train; returns the trainable parameters."""
+def set_trainable(model: PeftModel, trained: str = "AB") -> list[nn.Parameter]:
+    """Only the LoRA factors named in `trained` ("AB", "A" or "B") and the head train; returns the
+    trainable parameters."""
     h = handles(model)
     for p in model.parameters():
         p.requires_grad_(False)
     trainable = []
     for a, b in h.lora.values():
-        a.requires_grad_(not freeze_a)
-        b.requires_grad_(True)
-        trainable += [b] if freeze_a else [a, b]
+        a.requires_grad_("A" in trained)
+        b.requires_grad_("B" in trained)
+        trainable += [p for p, factor in ((a, "A"), (b, "B")) if factor in trained]
     for p in h.head.values():
         p.requires_grad_(True)
         trainable.append(p)

@@ -99,7 +99,8 @@ def resume(run_dir: Path = typer.Argument(..., help="run folder to continue"),
 
 @app.command()
 def sweep(config: Path = typer.Argument(..., help="YAML config (the base of every run)"),
-          methods: str = typer.Option("fedavg,svd,fedsvd,subspace", help="comma-separated method names"),
+          methods: str = typer.Option("fedavg,svd,fedsvd,subspace",
+                                      help="comma-separated method names or variants, e.g. subspace,subspace:mu=0.5"),
           seeds: str = typer.Option("42,43,44", help="e.g. 42,43,44 or 42-44"),
           models: Optional[str] = typer.Option(None, help="comma-separated model names (default: the config's)"),
           set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. rounds=5"),
@@ -111,7 +112,7 @@ def sweep(config: Path = typer.Argument(..., help="YAML config (the base of ever
     from fedlora.sweep import sweep as run_sweep
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in method_list if m not in METHODS]
+    unknown = [m for m in method_list if m.partition(":")[0] not in METHODS]
     try:
         if unknown or not method_list:
             raise ValueError(f"--methods: unknown method(s) {unknown or methods!r}; choose from {', '.join(METHODS)}")
@@ -136,6 +137,18 @@ def report(sweep_dir: Path = typer.Argument(..., help="sweep folder")) -> None:
         typer.echo(build_report(sweep_dir))
     except user_errors() as err:
         _fail(err)
+
+
+@app.command()
+def methods() -> None:
+    """List the registered methods: server rule, trained factors, client penalty."""
+    from fedlora.methods import METHODS
+
+    for preset in METHODS.values():
+        p = preset.penalty
+        penalty = f"mu={p.mu:g} a_b={p.a_b:g} lam={p.lam:g}" if p.active else "none"
+        typer.echo(f"{preset.name:22} server={preset.server:13} trains={'/'.join(preset.trains):5} "
+                   f"penalty={penalty:28} {preset.summary}")
 
 
 def _mount_flower() -> None:

@@ -113,13 +113,14 @@ def _penalty_fn(method: Any, start: AdapterState, device: torch.device):
 
 
 def local_update(model: Any, family: str, data: Encoded, start: AdapterState, method: Any,
-                 train: LocalTrain, seed: int | Sequence[int]) -> ClientResult:
-    """Train the client's copy of the adapter from `start`; returns its new state and stats."""
+                 train: LocalTrain, seed: int | Sequence[int], trained: str = "AB") -> ClientResult:
+    """Train the client's copy of the adapter from `start` (the LoRA factors in `trained`, "AB",
+    "A" or "B", and the head); returns its new state and stats."""
     if len(data) == 0:
         raise ValueError("local_update: the client has no examples")
     device = next(model.parameters()).device
     write_state(model, start)
-    params = set_trainable(model, freeze_a=method.freeze_a)
+    params = set_trainable(model, trained)
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
     penalty = _penalty_fn(method, start, device)
     key = derive_seed(seed)

@@ -12,7 +12,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Family = Literal["encoder", "decoder"]
-ServerRule = Literal["average", "symmetric", "orthogonal_a", "orthogonal_b", "fedsvd"]
 # fp32, bf16 autocast, or auto (bf16 where the device computes it natively); see precision.py.
 # The default is fp32: bf16 changes the numbers, so a run gets it only when its config asks.
 Precision = Literal["auto", "fp32", "bf16"]
@@ -111,9 +110,9 @@ class TrainConfig(Section):
 
 
 class MethodConfig(Section):
-    name: str = "subspace"  # fedavg | svd | fedsvd | subspace | named ablations
+    name: str = "subspace"  # a registered method: see fedlora.methods (or `fedlora methods`)
     # Ablation switches; None keeps the method's own setting.
-    server: ServerRule | None = None
+    server: str | None = None  # a registered server rule
     mu: float | None = Field(None, ge=0)
     a_b: float | None = Field(None, ge=0)
     lam: float | None = Field(None, ge=0)
@@ -131,6 +130,15 @@ class MethodConfig(Section):
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; valid names: {', '.join(METHODS)}")
         return name
+
+    @field_validator("server")
+    @classmethod
+    def _known_rule(cls, server: str | None) -> str | None:
+        from fedlora.methods import SERVER_RULES
+
+        if server is not None and server not in SERVER_RULES:
+            raise ValueError(f"unknown server rule {server!r}; valid rules: {', '.join(SERVER_RULES)}")
+        return server
 
 
 class EvalConfig(Section):
@@ -223,6 +231,20 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
     for key, value in items:
         _set_dotted(tree, key, value)
     return config_from_dict(tree, str(path))
+
+
+def with_method_variant(cfg: RunConfig, variant: str) -> RunConfig:
+    """`cfg` running the method variant `name[:switch=value...]`, e.g. `subspace:mu=0.5:a_b=0.1`
+    (the switches of the `method` section; values parsed as YAML, as `--set`)."""
+    name, *switches = variant.split(":")
+    tree = cfg.model_dump(mode="json")
+    tree["method"]["name"] = name.strip()
+    for item in switches:
+        if "=" not in item:
+            raise ConfigError(f"method variant {variant!r}: expected switch=value after ':', got {item!r}")
+        key, value = parse_override(item)
+        tree["method"][key] = value
+    return config_from_dict(tree, f"method variant {variant!r}")
 
 
 def dump_config(cfg: RunConfig) -> str:

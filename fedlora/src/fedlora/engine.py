@@ -131,19 +131,17 @@ def aggregation_weights(fed: Federation, clients: list[int], results: list[Clien
     return (n / n.sum()).float()
 
 
-def upload_bytes(update: AdapterState, freeze_a: bool) -> int:
-    """Bytes a client sends: its trained tensors only (FedSVD clients keep A frozen)."""
-    if not freeze_a:
-        return update.nbytes()
-    tensors = [f.B for f in update.lora.values()] + list(update.head.values())
-    return sum(t.numel() * t.element_size() for t in tensors)
+def upload_bytes(update: AdapterState, trained: str) -> int:
+    """Bytes a client sends: the LoRA factors it trained ("AB", "A" or "B") and the head."""
+    tensors = [t for f in update.lora.values() for t, factor in ((f.A, "A"), (f.B, "B")) if factor in trained]
+    return sum(t.numel() * t.element_size() for t in tensors + list(update.head.values()))
 
 
 def client_update(fed: Federation, state: AdapterState, round_idx: int, client: int) -> ClientResult:
     """Client `client`'s local training in round `round_idx`, starting from the global `state`."""
     train = resolve_train(fed.cfg.train, fed.family, next(fed.model.parameters()).device)
     return local_update(fed.model, fed.family, fed.client_data[client], state, fed.method, train,
-                        seed=(fed.cfg.seed, round_idx, client))
+                        seed=(fed.cfg.seed, round_idx, client), trained=fed.method.trained(round_idx))
 
 
 def server_update(fed: Federation, state: AdapterState, round_idx: int, clients: list[int],
@@ -158,7 +156,7 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
     weights = aggregation_weights(fed, clients, results)
     updates = [r.state for r in results]
     # Contiguous, as a checkpoint reloads it: identical memory layout keeps resumed runs bit-exact.
-    new_state = fed.method.aggregate(updates, weights, state).map_tensors(torch.Tensor.contiguous)
+    new_state = fed.method.aggregate(updates, weights, state, round_idx).map_tensors(torch.Tensor.contiguous)
     t2 = time.perf_counter()
     geometry = round_geometry(updates, weights, state, new_state, cfg.lora.scaling)
     t3 = time.perf_counter()
@@ -183,7 +181,7 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
         "time_aggregate_s": t2 - t1,
         "time_geometry_s": t3 - t2,
         "time_eval_s": t4 - t3,
-        "bytes_up": sum(upload_bytes(u, fed.method.freeze_a) for u in updates),
+        "bytes_up": sum(upload_bytes(u, fed.method.trained(round_idx)) for u in updates),
         "bytes_down": len(clients) * state.nbytes(),
         "geometry": geometry,
     }
@@ -264,9 +262,10 @@ class RunRecorder:
 
         cfg = self.fed.cfg
         save_peft_adapter(self.fed.model, self.state, self.run_dir.path / "adapter_final")
-        summary = {"method": cfg.method.name, "seed": cfg.seed, "model": cfg.model.name,
+        method = self.fed.method
+        summary = {"method": method.label, "method_spec": method.spec(), "seed": cfg.seed, "model": cfg.model.name,
                    **summarize(self.metrics), "wall_s": self.wall_s(), "machine": machine_facts(), **extra}
-        plot_run(self.metrics, self.run_dir.path / "plots", title=f"{cfg.method.name} seed {cfg.seed}")
+        plot_run(self.metrics, self.run_dir.path / "plots", title=f"{method.label} seed {cfg.seed}")
         self.run_dir.write_summary(summary)
         return summary
 

@@ -1,6 +1,6 @@
 """The reproduction report: sweep folders -> one markdown page with tables, plots and provenance.
 
-    python -m fedlora.reproduction --sweeps sweeps/cpu-minilm [...] --out docs/results/fedlora.md
+    python -m fedlora.reproduction --sweeps sweeps/cpu-minilm [...] [--grid DIR] --out docs/results/fedlora.md
 
 Every number is read from the run folders (summary.json, metrics.jsonl, config.yaml); runs that
 did not finish are shown as such, never dropped. The paragraphs that interpret the results are
@@ -9,6 +9,7 @@ written by hand in the README.md beside the page, which rendering never touches.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 from collections import defaultdict
@@ -19,9 +20,18 @@ import numpy as np
 import yaml
 
 from fedlora.files import atomic_write_text
+from fedlora.methods import METHODS, method_label, method_order, variant_label
 from fedlora.plots import _slug, plot_comparison
 from fedlora.rundir import RunDir
-from fedlora.summary import METHOD_LABELS, TABLE_COLUMNS, _cell, _num
+from fedlora.stats import (
+    PairedDifference,
+    accuracy_difference,
+    item_correct,
+    item_losses,
+    loss_difference,
+    seed_averaged_difference,
+)
+from fedlora.summary import TABLE_COLUMNS, _cell, _num
 
 INTERPRETATION = ("What these numbers say, with their uncertainty, is written by hand in [README.md](README.md) "
                   "beside this page; rendering never touches it.")
@@ -89,11 +99,13 @@ def collect_runs(sweep_dir: str | Path) -> list[dict]:
         cfg = run.load_config()
         metrics = run.read_metrics()
         done = max((m["round"] for m in metrics if m["round"] > 0), default=0)
-        record = {"model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed, "config": cfg,
-                  "run_dir": config.parent.relative_to(sweep_dir).as_posix(), "status": run.status,
-                  "rounds_done": done, "rounds_planned": cfg.rounds, "metrics": metrics, "summary": None}
+        record = {"model": cfg.model.name, "method": variant_label(cfg.method), "seed": cfg.seed, "config": cfg,
+                  "run_dir": config.parent.relative_to(sweep_dir).as_posix(), "path": config.parent.as_posix(),
+                  "status": run.status, "rounds_done": done, "rounds_planned": cfg.rounds, "metrics": metrics,
+                  "summary": None, "items": (None, {})}
         if run.is_complete:
             record["summary"] = run.read_summary()
+            record["items"] = run.read_eval_items()
         runs.append(record)
     if not runs:
         raise FileNotFoundError(f"no run folders (config.yaml) under {sweep_dir}")
@@ -113,14 +125,8 @@ def _by_model_method(runs: list[dict]) -> dict[str, dict[str, list[dict]]]:
     grouped: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         grouped[run["model"]][run["method"]].append(run)
-    order = list(METHOD_LABELS) + ["subspace-server-only", "fedavg-penalty"]
-    rank = lambda m: (order.index(m) if m in order else len(order), m)  # noqa: E731
-    return {model: {m: sorted(methods[m], key=lambda r: r["seed"]) for m in sorted(methods, key=rank)}
+    return {model: {m: sorted(methods[m], key=lambda r: r["seed"]) for m in sorted(methods, key=method_order)}
             for model, methods in grouped.items()}
-
-
-def label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -129,20 +135,26 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(row) + " |" for row in rows), ""]
 
 
+def _count(runs: list[dict]) -> str:
+    """"k of n" complete runs, then each unfinished seed and how far it got."""
+    done = sum(r["summary"] is not None for r in runs)
+    return f"{done} of {len(runs)}" + "".join(f"; seed {r['seed']} {unfinished_label(r)}"
+                                             for r in runs if r["summary"] is None)
+
+
 def results_table(methods: dict[str, list[dict]], ddof: int) -> list[str]:
     """Methods as rows, mean ± std over complete seeds; a method without one shows why."""
     rows = []
     for method, runs in methods.items():
         done = [r for r in runs if r["summary"] is not None]
         open_runs = [r for r in runs if r["summary"] is None]
-        n = f"{len(done)} of {len(runs)}" + "".join(
-            f"; seed {r['seed']} {unfinished_label(r)}" for r in open_runs)
+        n = _count(runs)
         if done:
             cells = [_cell([v for v in (_value(r, key) for r in done) if v is not None], ddof, digits)
                      for _, key, digits in TABLE_COLUMNS]
         else:
             cells = ["; ".join(unfinished_label(r) for r in open_runs)] * len(TABLE_COLUMNS)
-        rows.append([label(method), n, *cells])
+        rows.append([method_label(method), n, *cells])
     return _table(["Method", "n", *(c[0] for c in TABLE_COLUMNS)], rows)
 
 
@@ -158,7 +170,7 @@ def per_run_table(methods: dict[str, list[dict]]) -> list[str]:
                 wall = _value(run, "wall_s")
                 cells = [_fmt(_value(run, key), digits) for _, key, digits in columns]
                 cells += [str(run["summary"].get("best_round", "n/a")), _fmt(wall, 1)]
-            rows.append([label(method), str(run["seed"]), run["status"], *cells])
+            rows.append([method_label(method), str(run["seed"]), run["status"], *cells])
     header = ["Method", "Seed", "Status", *(c[0] for c in columns), "Best round", "Wall (s)"]
     return _table(header, rows)
 
@@ -194,7 +206,7 @@ def geometry_table(methods: dict[str, list[dict]]) -> list[str]:
         done = [r for r in runs if r["summary"] is not None]
         cells = [_cell([v for r in done if (v := _num(last_geometry(r).get(key))) is not None], 0, digits)
                  for _, key, digits in GEOMETRY_COLUMNS]
-        rows.append([label(method), f"{len(done)} of {len(runs)}", *cells])
+        rows.append([method_label(method), f"{len(done)} of {len(runs)}", *cells])
     lines = ["Client subspaces in the final round, mean ± population std (ddof=0) over complete seeds. "
              "Cancellation ratio = ||Σ p_k ΔW_k|| / Σ p_k ||ΔW_k|| (1: the clients' updates add up, "
              "lower: they cancel).", ""]
@@ -213,7 +225,7 @@ def _mean(runs: list[dict], key: str) -> float | None:
 
 def _ranking(values: dict[str, float]) -> str:
     ordered = sorted(values.items(), key=lambda kv: -kv[1])
-    return " > ".join(label(m) for m, _ in ordered)
+    return " > ".join(method_label(m) for m, _ in ordered)
 
 
 def direction_table(methods: dict[str, list[dict]], model: str) -> list[str]:
@@ -230,11 +242,11 @@ def direction_table(methods: dict[str, list[dict]], model: str) -> list[str]:
         rows.append([name, "ranking", _ranking(ref), _ranking(ranked) if ranked else "n/a", "—", "—"])
         for a, b in pairs:
             hi, lo = (a, b) if ref[a] >= ref[b] else (b, a)
-            claim = f"{label(hi)} > {label(lo)} ({ref[hi]:g} vs {ref[lo]:g})"
+            claim = f"{method_label(hi)} > {method_label(lo)} ({ref[hi]:g} vs {ref[lo]:g})"
             diffs = paired_differences(methods, hi, lo, key)
             agree = f"{sum(d > 0 for d in diffs)} of {len(diffs)}" if diffs else "—"
-            rows.append([name, f"{label(hi)} vs {label(lo)}", claim, *_our_direction(methods, ours, hi, lo, key),
-                         agree])
+            rows.append([name, f"{method_label(hi)} vs {method_label(lo)}", claim,
+                         *_our_direction(methods, ours, hi, lo, key), agree])
     header = ["Metric", "Comparison", f"Reference ({reference_name(model)})", "This reproduction", "Verdict",
               "Seeds in the reference's direction"]
     return _table(header, rows)
@@ -243,13 +255,13 @@ def direction_table(methods: dict[str, list[dict]], model: str) -> list[str]:
 def _our_direction(methods: dict[str, list[dict]], ours: dict, hi: str, lo: str, key: str) -> list[str]:
     missing = [m for m in (hi, lo) if ours[m] is None]
     if missing:
-        why = "; ".join(f"{label(m)}: " + (", ".join(unfinished_label(r) for r in methods.get(m, []))
+        why = "; ".join(f"{method_label(m)}: " + (", ".join(unfinished_label(r) for r in methods.get(m, []))
                                           or "not run") for m in missing)
         return [why, "unfinished"]
     digits = next((d for _, k, d in TABLE_COLUMNS if k == key), 4)
     a, b = round(ours[hi], digits), round(ours[lo], digits)  # equal at the table's precision: a tie
     sign = ">" if a > b else "<" if a < b else "="
-    text = f"{label(hi)} {sign} {label(lo)} ({a:.{digits}f} vs {b:.{digits}f})"
+    text = f"{method_label(hi)} {sign} {method_label(lo)} ({a:.{digits}f} vs {b:.{digits}f})"
     return [text, "reproduces" if a > b else "does not reproduce" if a < b else "tie"]
 
 
@@ -293,9 +305,207 @@ def _difference_cell(diffs: list[float], digits: int, methods: dict, pair: tuple
     return f"{mean:+.{digits}f} ± {float(np.std(diffs, ddof=1)):.{digits}f} (n={len(diffs)})"
 
 
+# -- gains with paired intervals over the eval items ------------------------------------------
+def scored_items(run: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(labels, zero-shot scores, final scores) of a complete run whose eval_items.npz holds round 0
+    and a trained round; None otherwise."""
+    labels, rounds = run["items"]
+    if 0 not in rounds or len(rounds) < 2:
+        return None
+    return labels, rounds[0], rounds[max(rounds)]
+
+
+def gain_pairs(methods: dict[str, list[dict]], method: str, against: str | None) -> dict[int, tuple]:
+    """Per seed with per-item records in both runs: (labels, before scores, after scores), `method`'s
+    final round after; before is the same run's zero-shot round (against=None) or `against`'s final."""
+    mine = {r["seed"]: (r, s) for r in methods.get(method, []) if (s := scored_items(r))}
+    if against is None:
+        return {seed: scored for seed, (_, scored) in mine.items()}
+    theirs = {r["seed"]: (r, s) for r in methods.get(against, []) if (s := scored_items(r))}
+    pairs = {}
+    for seed in sorted(mine.keys() & theirs.keys()):
+        (run, (labels, _, final)), (other, (other_labels, _, other_final)) = mine[seed], theirs[seed]
+        if not np.array_equal(labels, other_labels):
+            raise ValueError(f"{run['path']} and {other['path']} were evaluated on different items")
+        pairs[seed] = (labels, other_final, final)
+    return pairs
+
+
+def item_gains(pairs: dict[int, tuple]) -> dict[str, PairedDifference]:
+    """after - before in accuracy and loss over the seeds of `pairs`, by seed_averaged_difference."""
+    scored = list(pairs.values())
+    return {name: seed_averaged_difference([measure(before, y) for y, before, _ in scored],
+                                           [measure(after, y) for y, _, after in scored])
+            for name, measure in (("accuracy", item_correct), ("loss", item_losses))}
+
+
+def _interval(d: PairedDifference, digits: int) -> str:
+    return f"{d.diff:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
+
+
+def _seeds(runs: list[dict], used: dict[int, tuple]) -> str:
+    """The seeds used, then why each other run is not."""
+    why = [f"seed {r['seed']} " + (unfinished_label(r) if r["summary"] is None else "no per-item records")
+           for r in runs if r["seed"] not in used]
+    return "; ".join([", ".join(str(s) for s in used) or "none", *why])
+
+
+def gains_table(methods: dict[str, list[dict]]) -> list[str]:
+    if not any(scored_items(r) for rs in methods.values() for r in rs):
+        return ["Per-item eval records (eval_items.npz with the zero-shot round 0) are not in these runs' "
+                "complete folders: no paired intervals.", ""]
+    rows = []
+    for method, runs in methods.items():
+        own, paired = gain_pairs(methods, method, None), gain_pairs(methods, method, "fedavg")
+        cells = ["n/a"] * 6
+        if own:
+            zero = item_gains(own)
+            acc, loss = zero["accuracy"], zero["loss"]
+            cells = [f"{acc.after:.3f}", f"{loss.after:.4f}", _interval(acc, 3), f"{acc.p_value:.2g}",
+                     _interval(loss, 4), f"{loss.p_value:.2g}"]
+        if method == "fedavg":
+            versus = ["—"] * 5
+        elif paired:
+            fedavg = item_gains(paired)
+            acc, loss = fedavg["accuracy"], fedavg["loss"]
+            versus = [", ".join(str(s) for s in paired), _interval(acc, 3), f"{acc.p_value:.2g}",
+                      _interval(loss, 4), f"{loss.p_value:.2g}"]
+        else:
+            versus = ["none"] + ["n/a"] * 4
+        rows.append([method_label(method), _seeds(runs, own), *cells, *versus])
+    header = ["Method", "Seeds", "Final acc", "Final loss", "Δ acc vs zero-shot [95% CI]", "p",
+              "Δ loss vs zero-shot [95% CI]", "p", "Seeds paired with FedAvg", "Δ acc vs FedAvg [95% CI]", "p",
+              "Δ loss vs FedAvg [95% CI]", "p"]
+    lines = ["Final = last evaluated round, zero-shot = round 0 of the same run; the same eval items in every "
+             "run. Every item is scored once per seed, so the item is the independent unit: each item's "
+             "correctness (accuracy) and cross-entropy over the 4 scores (loss) are averaged over the seeds "
+             "complete in both compared runs, and the interval and p-value are a paired t test over the items "
+             "of those averages (`stats.seed_averaged_difference`, scipy.stats.ttest_rel). Final acc and loss: "
+             "the mean over the method's seeds. Chance: accuracy 0.25, loss ln 4 = 1.3863.", ""]
+    return lines + _table(header, rows) + per_seed_gains(methods)
+
+
+def _per_seed_cell(pair: tuple | None, what: str, run: dict) -> str:
+    if run["summary"] is None:
+        return unfinished_label(run)
+    if pair is None:
+        return "n/a"
+    labels, before, after = pair
+    if what == "accuracy":
+        d, digits = accuracy_difference(item_correct(before, labels), item_correct(after, labels)), 3
+    else:
+        d, digits = loss_difference(item_losses(before, labels), item_losses(after, labels)), 4
+    return f"{_interval(d, digits)} p={d.p_value:.2g}"
+
+
+def per_seed_gains(methods: dict[str, list[dict]]) -> list[str]:
+    rows = []
+    for method, runs in methods.items():
+        own, paired = gain_pairs(methods, method, None), gain_pairs(methods, method, "fedavg")
+        for run in runs:
+            seed = run["seed"]
+            versus = [_per_seed_cell(paired.get(seed), what, run) if method != "fedavg" else "—"
+                      for what in ("accuracy", "loss")]
+            rows.append([method_label(method), str(seed), _per_seed_cell(own.get(seed), "accuracy", run),
+                         _per_seed_cell(own.get(seed), "loss", run), *versus])
+    header = ["Method", "Seed", "Δ acc vs zero-shot [95% CI]", "Δ loss vs zero-shot [95% CI]",
+              "Δ acc vs FedAvg [95% CI]", "Δ loss vs FedAvg [95% CI]"]
+    return ["##### Per seed", "",
+            "One run against one run on the same items. Accuracy: exact McNemar (binomial test on the items "
+            "that changed), Clopper-Pearson interval (`stats.accuracy_difference`); loss: paired t interval "
+            "over the items (`stats.loss_difference`).", ""] + _table(header, rows)
+
+
+# -- client drift -----------------------------------------------------------------------------
+DRIFT_COLUMNS = [("Drift, mean over rounds", "mean", 3), ("Drift, round 1", "first", 3),
+                 ("Drift, last round", "last", 3), ("Penalty share", "share", 4)]
+
+
+def drift_values(run: dict) -> dict[str, float]:
+    """Mean client drift over rounds and clients, in round 1 and in the last round, and the mean
+    penalty share over rounds; only the keys the run's metrics carry."""
+    rounds = [m for m in run["metrics"] if m["round"] > 0 and m.get("client_update_norm")]
+    shares = [m["penalty_share"] for m in run["metrics"] if m["round"] > 0 and m.get("penalty_share") is not None]
+    values = {}
+    if rounds:
+        values["mean"] = float(np.mean(np.concatenate([m["client_update_norm"] for m in rounds])))
+        values["last"] = float(np.mean(rounds[-1]["client_update_norm"]))
+        if rounds[0]["round"] == 1:
+            values["first"] = float(np.mean(rounds[0]["client_update_norm"]))
+    if shares:
+        values["share"] = float(np.mean(shares))
+    return values
+
+
+def drift_table(methods: dict[str, list[dict]]) -> list[str]:
+    if not any(m.get("client_update_norm") for rs in methods.values() for r in rs for m in r["metrics"]):
+        return ["Client drift is not recorded in these runs (metrics.jsonl has no `client_update_norm`).", ""]
+    rows = []
+    for method, runs in methods.items():
+        per_run = [drift_values(r) for r in runs if r["summary"] is not None]
+        cells = [_cell([v[key] for v in per_run if key in v], 0, digits) for _, key, digits in DRIFT_COLUMNS]
+        rows.append([method_label(method), _count(runs), *cells])
+    lines = ["Drift = ||ΔW_k − ΔW_start||_F over all LoRA layers: how far a sampled client's merged update "
+             "moved from the round's starting global during its local steps, averaged over the round's "
+             "clients (and over rounds for the first column). Penalty share = client penalty / (task loss + "
+             "penalty), mean over clients and rounds (0 without a client penalty). Mean ± population std "
+             "(ddof=0) over complete seeds; n/a where the runs did not record it.", ""]
+    return lines + _table(["Method", "n", *(c[0] for c in DRIFT_COLUMNS)], rows)
+
+
+# -- penalty strength grid --------------------------------------------------------------------
+def penalty_weights(run: dict) -> list[float]:
+    """(mu, a_B, lam) the run trained with: its config's switch, else its method's preset."""
+    method = run["config"].method
+    preset = METHODS[method.name].penalty
+    return [getattr(preset, k) if (v := getattr(method, k)) is None else v for k in ("mu", "a_b", "lam")]
+
+
+def _setup(run: dict) -> str:
+    """The run's resolved config without the method section: equal for the cells of one grid."""
+    flat = _flatten(run["config"].model_dump(mode="json"))
+    return json.dumps({k: v for k, v in flat.items() if not k.startswith("method.")}, sort_keys=True)
+
+
+def grid_section(grid: Path, sweep_runs: list[dict]) -> list[str]:
+    """One row per run of the grid folder, plus the runs of --sweeps with the grid's configuration and
+    the Subspace-Reg preset's or its server-only ablation's penalty."""
+    lines = [f"## Penalty strength grid `{grid.name}`", "", f"Source: `{grid}`", ""]
+    if not grid.is_dir():
+        return lines + [f"`{grid}` does not exist: the grid was not run.", ""]
+    runs = collect_runs(grid)
+    setups = {_setup(r) for r in runs}
+    runs += [r for r in sweep_runs if r["method"] in ("subspace", "subspace-server-only") and _setup(r) in setups]
+    rows = []
+    for run in sorted(runs, key=lambda r: (penalty_weights(r), r["path"])):
+        weights = [f"{w:g}" for w in penalty_weights(run)]
+        if run["summary"] is None:
+            rows.append([run["path"], *weights, *[unfinished_label(run)] * 8])
+            continue
+        gain = ["n/a", "n/a"]
+        if scored := scored_items(run):
+            labels, zero, final = scored
+            d = accuracy_difference(item_correct(zero, labels), item_correct(final, labels))
+            gain = [_interval(d, 3), f"{d.p_value:.2g}"]
+        geometry, drift = last_geometry(run), drift_values(run)
+        rows.append([run["path"], *weights, _fmt(_value(run, "final_accuracy"), 3),
+                     _fmt(_value(run, "final_loss"), 4), *gain, _fmt(_num(geometry.get("basis_overlap")), 4),
+                     _fmt(_num(geometry.get("basis_overlap_code")), 5), _fmt(drift.get("share"), 4),
+                     _fmt(drift.get("mean"), 3)])
+    header = ["Run", "mu", "a_B", "lam", "Final acc", "Final loss", "Δ acc vs zero-shot [95% CI]", "p",
+              "Basis overlap (paper)", "Basis overlap (code)", "Penalty share", "Drift, mean over rounds"]
+    lines += ["One run per cell. mu, a_B, lam: the client penalty the run trained with (its config, else its "
+              "method's preset). Runs of --sweeps with the grid's configuration are included: Subspace-Reg is "
+              "the preset cell (0.05, 0.01, 1e-05), subspace-server-only the cell without penalty (0, 0, 0). "
+              "Δ acc: final - zero-shot on the same items, exact McNemar with Clopper-Pearson interval "
+              "(`stats.accuracy_difference`). Basis overlap: last round. Penalty share and drift as in the "
+              "client-drift tables.", ""]
+    return lines + _table(header, rows)
+
+
 # -- plots, provenance ------------------------------------------------------------------------
 def write_plots(methods: dict[str, list[dict]], model: str, folder: Path, page: Path) -> list[str]:
-    runs = [(label(m), r["metrics"]) for m, rs in methods.items() for r in rs if r["summary"] is not None]
+    runs = [(method_label(m), r["metrics"]) for m, rs in methods.items() for r in rs if r["summary"] is not None]
     if not runs:
         return ["No complete run to plot yet.", ""]
     written = {p.name: p for p in plot_comparison(runs, folder, model=Path(model).name or model)}
@@ -366,8 +576,7 @@ def machine_lines(runs: list[dict]) -> list[str]:
 
 
 # -- the page ---------------------------------------------------------------------------------
-def sweep_section(sweep_dir: Path, page: Path, used: set[str]) -> list[str]:
-    runs = collect_runs(sweep_dir)
+def sweep_section(sweep_dir: Path, runs: list[dict], page: Path, used: set[str]) -> list[str]:
     slug = _slug(sweep_dir.name)
     while slug in used:
         slug += "_"
@@ -388,6 +597,8 @@ def sweep_section(sweep_dir: Path, page: Path, used: set[str]) -> list[str]:
                   "last column counts the seeds, complete in both methods, whose own ordering matches it.", ""]
         lines += direction_table(methods, model)
         lines += ["#### Attribution ablation", ""] + attribution_table(methods)
+        lines += ["#### Gains over zero-shot and over FedAvg, paired over the eval items", ""] + gains_table(methods)
+        lines += ["#### Client drift", ""] + drift_table(methods)
     lines += ["### Commands and configuration", ""] + provenance(runs, sweep_dir)
     lines += ["### Machine", ""] + machine_lines(runs)
     return lines
@@ -403,21 +614,27 @@ def reference_section() -> list[str]:
         return "—" if value is None else f"{value:g}" + ("" if std is None else f" ± {std:g}")
 
     for name, table in REFERENCE.items():
-        rows = [[label(m), *(cell(name, m, k) for k in keys)] for m in table]
+        rows = [[method_label(m), *(cell(name, m, k) for k in keys)] for m in table]
         lines += [f"**{name}**", ""] + _table(["Method", "Best acc", "Mean last-5", "Final acc", "Final loss",
                                                 "Basis overlap"], rows)
     return lines + ["SmolLM-360M values are as reported; its overlap is the reference-code definition.", ""]
 
 
-def render(sweeps: list[str | Path], out: str | Path) -> str:
-    """Write the markdown page `out` (and its plots beside it); return the markdown."""
+def render(sweeps: list[str | Path], out: str | Path, grid: str | Path | None = None) -> str:
+    """Write the markdown page `out` (and its plots beside it), with the penalty grid folder `grid`
+    when given; return the markdown."""
     out = Path(out)
     lines = ["# fedlora: reproduction of the reference study", "",
              "Generated by `python -m fedlora.reproduction`; every number comes from the run folders. "
              "Runs that did not finish are marked, not dropped.", "", INTERPRETATION, ""]
     used: set[str] = set()
+    sweep_runs = []
     for sweep_dir in sweeps:
-        lines += sweep_section(Path(sweep_dir), out, used)
+        runs = collect_runs(sweep_dir)
+        sweep_runs += runs
+        lines += sweep_section(Path(sweep_dir), runs, out, used)
+    if grid is not None:
+        lines += grid_section(Path(grid), sweep_runs)
     lines += reference_section()
     text = "\n".join(lines).rstrip() + "\n"
     atomic_write_text(out, text)
@@ -427,10 +644,11 @@ def render(sweeps: list[str | Path], out: str | Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", nargs="+", required=True, help="sweep folders")
+    parser.add_argument("--grid", help="penalty strength grid: a folder of sweep folders (may not exist yet)")
     parser.add_argument("--out", required=True, help="markdown file to write (plots go beside it)")
     args = parser.parse_args(argv)
     try:
-        render(args.sweeps, args.out)
+        render(args.sweeps, args.out, args.grid)
     except (FileNotFoundError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")
     print(f"wrote {args.out}")

@@ -9,10 +9,13 @@ item-difficulty variance that an unpaired comparison of two accuracies would car
   b / (b + c), mapped through (b + c) / n * (2p - 1): exact given the number of discordant items.
 - Loss (per-item cross-entropy over the 4 scores): paired t interval, i.e. the t interval of
   the mean per-item difference (scipy.stats.ttest_rel).
+- Several seeds on the same items: the item stays the independent unit. Each item's value
+  (correctness, loss) is averaged over the seeds, then a paired t interval is taken over the items
+  (`seed_averaged_difference`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import special, stats
@@ -75,6 +78,25 @@ def loss_difference(before: np.ndarray, after: np.ndarray, level: float = 0.95) 
         low, high, p_value = float(ci.low), float(ci.high), float(test.pvalue)
     return PairedDifference(before=float(before.mean()), after=float(after.mean()), diff=float(diff.mean()),
                             low=low, high=high, p_value=p_value, test="paired t interval", level=level)
+
+
+def seed_averaged_difference(before: np.ndarray, after: np.ndarray, level: float = 0.95) -> PairedDifference:
+    """Paired t interval over items of after - before, each item's value first averaged over seeds.
+
+    `before` and `after` are (seeds, items) arrays: per-item correctness (booleans) or losses,
+    row s of both from seed s, every row on the same items in the same order. The seeds repeat the
+    items, so the seeds x items pairs are not independent; the items are. Each item's values are
+    averaged over the seeds (correctness becomes the fraction of seeds that got it right), then
+    the paired t interval and two-sided p-value of scipy.stats.ttest_rel are taken over the items.
+    The interval is for these seeds' runs on a new draw of items: a shift that a seed gives every
+    item alike is not part of it.
+    """
+    before, after = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    if before.ndim != 2 or before.shape != after.shape or before.size == 0:
+        raise ValueError(f"seed_averaged_difference: expected two non-empty (seeds, items) arrays of the same "
+                         f"shape, got shapes {before.shape} and {after.shape}")
+    result = loss_difference(before.mean(axis=0), after.mean(axis=0), level)
+    return replace(result, test="paired t interval over items of the per-item means over seeds")
 
 
 def item_losses(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -11,12 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from fedlora.files import atomic_write_text
+from fedlora.methods import method_label, method_order
 from fedlora.rundir import RunDir
 from fedlora.stats import accuracy_difference, item_correct, item_losses, loss_difference
 
 # Columns of results.csv (one row per run), in order.
+# `method` is the run's label (a name, or a variant such as `subspace:mu=0.5`); the resolved method
+# spec follows it (methods.base.Method.spec).
+SPEC_COLUMNS = ["server", "trains", "mu", "a_b", "lam", "norm_restore", "clip_tau"]
 RESULT_COLUMNS = [
-    "model", "method", "seed", "best_accuracy", "best_round", "mean_last5_accuracy",
+    "model", "method", *SPEC_COLUMNS, "seed", "best_accuracy", "best_round", "mean_last5_accuracy",
     "final_accuracy", "final_loss", "basis_overlap", "basis_overlap_code",
     "cancellation_ratio_delta", "zero_shot_accuracy", "rounds", "wall_s", "status", "run_dir",
 ]
@@ -90,8 +94,6 @@ def _cell(values: list[float], ddof: int, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-METHOD_LABELS = {"fedavg": "FedAvg", "svd": "SVD", "fedsvd": "FedSVD", "subspace": "Subspace-Reg"}
-
 
 def markdown_table(rows: list[dict], ddof: int = 0) -> str:
     """One table per model: methods as rows, mean ± std over the complete seeds."""
@@ -104,8 +106,7 @@ def markdown_table(rows: list[dict], ddof: int = 0) -> str:
         out.append(f"**{model}** (mean ± {label}; n = complete seeds)\n")
         out.append("| Method | n | " + " | ".join(c[0] for c in TABLE_COLUMNS) + " |")
         out.append("|---|---|" + "---|" * len(TABLE_COLUMNS))
-        order = list(METHOD_LABELS)
-        ranked = sorted(methods.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
+        ranked = sorted(methods.items(), key=lambda kv: method_order(kv[0]))
         for method, runs in ranked:
             done = [r for r in runs if r.get("status", "complete") == "complete"]
             missing = len(runs) - len(done)
@@ -114,7 +115,7 @@ def markdown_table(rows: list[dict], ddof: int = 0) -> str:
                 vals = [v for v in (_num(r.get(key)) for r in done) if v is not None]
                 cells.append(_cell(vals, ddof, digits))
             n = f"{len(done)}" + (f" ({missing} unfinished)" if missing else "")
-            out.append(f"| {METHOD_LABELS.get(method, method)} | {n} | " + " | ".join(cells) + " |")
+            out.append(f"| {method_label(method)} | {n} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -145,7 +146,7 @@ def paired_table(rows: list[dict]) -> str:
     for row in rows:
         acc, loss = row["accuracy"], row["loss"]
         out.append(
-            f"| {METHOD_LABELS.get(row['method'], row['method'])} | {row['n']} | {row['final_round']} "
+            f"| {method_label(row['method'])} | {row['n']} | {row['final_round']} "
             f"| {acc.before:.3f} | {acc.after:.3f} | {acc.diff:+.3f} [{acc.low:+.3f}, {acc.high:+.3f}] "
             f"| {acc.p_value:.2g} | {loss.before:.4f} | {loss.after:.4f} "
             f"| {loss.diff:+.4f} [{loss.low:+.4f}, {loss.high:+.4f}] | {loss.p_value:.2g} |")

@@ -20,20 +20,20 @@ ROUND_KEY, CLIENT_KEY = "server-round", "client"
 RESULT_FIELDS = ("mean_loss", "examples", "micro_batches", "optimizer_steps", "mean_penalty")
 
 
-def state_to_arrays(state: AdapterState, trained_only: bool = False) -> ArrayRecord:
+def state_to_arrays(state: AdapterState, sent: str = "AB") -> ArrayRecord:
     """ArrayRecord of the adapter (float tensors are sent bit-exact in their own dtype).
 
-    trained_only: leave out the LoRA A factors (FedSVD: clients never change A)."""
+    sent: the LoRA factors to include ("AB", "A" or "B"; a client sends those it trained)."""
     record = ArrayRecord()
     for key, tensor in state.flat_dict().items():
-        if trained_only and key.startswith("lora::") and key.endswith("::A"):
+        if key.startswith("lora::") and key.rpartition("::")[2] not in sent:
             continue
         record[key] = Array(tensor.detach().cpu().contiguous().numpy())
     return record
 
 
 def arrays_to_state(record: ArrayRecord, like: AdapterState | None = None) -> AdapterState:
-    """AdapterState from an ArrayRecord; missing A factors are taken from `like` (the start).
+    """AdapterState from an ArrayRecord; LoRA factors not sent are taken from `like` (the start).
 
     When `like` is given the keys and shapes must match it exactly, else a ValueError names them."""
     flat = {k: torch.from_numpy(np.array(v.numpy(), copy=True)) for k, v in record.items()}
@@ -41,7 +41,7 @@ def arrays_to_state(record: ArrayRecord, like: AdapterState | None = None) -> Ad
         return AdapterState.from_flat_dict(flat)
     expected = like.flat_dict()
     for key, tensor in expected.items():
-        if key not in flat and key.endswith("::A"):
+        if key not in flat and key.startswith("lora::"):
             flat[key] = tensor.detach().clone()
     missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
     if missing or extra:
@@ -68,7 +68,7 @@ def read_train_config(content: RecordDict) -> tuple[int, int]:
     return int(config[ROUND_KEY]), int(config[CLIENT_KEY])
 
 
-def result_content(result: ClientResult, client: int, trained_only: bool) -> RecordDict:
+def result_content(result: ClientResult, client: int, trained: str) -> RecordDict:
     """Client -> server: the trained adapter and the statistics of the local update."""
     metrics = MetricRecord({
         "client": client,
@@ -79,7 +79,7 @@ def result_content(result: ClientResult, client: int, trained_only: bool) -> Rec
         "mean_penalty": float(result.mean_penalty),
         "num-examples": int(result.examples),  # the key Flower's strategies weight by
     })
-    return RecordDict({ARRAYS: state_to_arrays(result.state, trained_only), METRICS: metrics})
+    return RecordDict({ARRAYS: state_to_arrays(result.state, trained), METRICS: metrics})
 
 
 def read_result(content: RecordDict, start: AdapterState) -> tuple[int, ClientResult]:

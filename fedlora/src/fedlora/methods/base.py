@@ -1,8 +1,9 @@
 """What every aggregation method is: a server rule, client-side switches and the aggregation step.
 
-A `MethodPreset` names a method (one module per method holds its preset); `build_method` in the
-package turns a preset plus the run's config switches into a `Method`, which the engine calls
-once per round: `method.aggregate(updates, weights, start)`.
+A `MethodPreset` names a method; each module of this package registers its presets (`register`)
+and the server rules it defines (`server_rule`), so adding a method is one new module.
+`build_method` in the package turns a preset plus the run's config switches into a `Method`, which
+the engine calls once per round: `method.aggregate(updates, weights, start, round_idx)`.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from fedlora.config import ServerRule
 from fedlora.state import AdapterState, LoraFactors, weighted_sum
 
 
@@ -36,34 +36,61 @@ class PenaltyWeights:
         return self.mu > 0 or self.a_b > 0 or self.lam > 0
 
 
+# Which LoRA factors clients train: both, B only (A frozen), A only (B frozen).
+FACTORS = ("AB", "B", "A")
+
+
+def check_trains(name: str, trains: tuple[str, ...]) -> None:
+    if not trains or any(t not in FACTORS for t in trains):
+        raise ValueError(f"method {name!r}: trains must be a non-empty sequence of {FACTORS}, got {trains!r}")
+
+
 @dataclass(frozen=True)
 class MethodPreset:
-    """A named method before the run's switches are applied."""
+    """A named method before the run's switches are applied.
+
+    `trains` is the schedule of trained factors, cycled over rounds: ("AB",) trains both every round,
+    ("B",) freezes A for good, ("B", "A") alternates (round 1 B, round 2 A, ...)."""
 
     name: str
-    server: ServerRule
-    freeze_a: bool = False
+    server: str
+    trains: tuple[str, ...] = ("AB",)
     penalty: PenaltyWeights = field(default_factory=PenaltyWeights)
     summary: str = ""
+    label: str = ""  # how tables name it (default: the name)
+
+    def __post_init__(self) -> None:
+        check_trains(self.name, self.trains)
 
 
-# One LoRA layer: (client factors, weights (K,), start factors, method) -> new global factors.
-LayerRule = Callable[[list[LoraFactors], Tensor, LoraFactors, "Method"], LoraFactors]
+# One LoRA layer: (client factors, weights (K,), start factors, method, trained factors) -> new global factors.
+LayerRule = Callable[[list[LoraFactors], Tensor, LoraFactors, "Method", str], LoraFactors]
+
+# The registry: every module of this package registers its presets and server rules on import.
+PRESETS: dict[str, MethodPreset] = {}
+SERVER_RULES: dict[str, LayerRule] = {}
 
 
-def _layer_rule(server: str) -> LayerRule:
-    # Imported here: the method modules import this module for their presets.
-    from fedlora.methods.fedavg import average_layer
-    from fedlora.methods.fedsvd import fedsvd_layer
-    from fedlora.methods.svd import redistribute_layer
+def register(*presets: MethodPreset) -> None:
+    for preset in presets:
+        if preset.name in PRESETS:
+            raise ValueError(f"method {preset.name!r} is registered twice")
+        PRESETS[preset.name] = preset
 
-    if server == "average":
-        return average_layer
-    if server == "fedsvd":
-        return fedsvd_layer
-    if server in ("symmetric", "orthogonal_a", "orthogonal_b"):
-        return redistribute_layer
-    raise ValueError(f"unknown server rule {server!r}")
+
+def server_rule(*names: str) -> Callable[[LayerRule], LayerRule]:
+    """Decorator registering a layer rule under one or more server-rule names."""
+    def add(rule: LayerRule) -> LayerRule:
+        for name in names:
+            if name in SERVER_RULES:
+                raise ValueError(f"server rule {name!r} is registered twice")
+            SERVER_RULES[name] = rule
+        return rule
+    return add
+
+
+def variant_text(name: str, switches: dict[str, object]) -> str:
+    return name + "".join(f":{k}={v}" for k, v in switches.items())
 
 
 def check_weights(weights: Tensor, n_updates: int) -> Tensor:
@@ -106,32 +133,54 @@ class Method:
 
     `server` picks the LoRA rule; head tensors are always plain weighted averages.
     `clip_tau` = inf turns clipping off; `norm_restore` toggles step 4 of `factorize`.
+    `overrides` names the config switches that differ from the preset (they make the label).
     """
 
     name: str
-    server: ServerRule
+    server: str
     rank: int
     scaling: float
-    freeze_a: bool = False
+    trains: tuple[str, ...] = ("AB",)
     penalty: PenaltyWeights = field(default_factory=PenaltyWeights)
     clip_tau: float = math.inf
     norm_restore: bool = True
+    overrides: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _layer_rule(self.server)  # fail at build time on an unknown rule
+        if self.server not in SERVER_RULES:
+            raise ValueError(f"unknown server rule {self.server!r}; valid rules: {', '.join(SERVER_RULES)}")
+        check_trains(self.name, self.trains)
         if self.rank <= 0 or not self.scaling > 0 or not self.clip_tau > 0:
             raise ValueError(
                 f"method {self.name!r}: rank, scaling and clip_tau must be > 0, got "
                 f"{self.rank}, {self.scaling}, {self.clip_tau}"
             )
 
-    def aggregate(self, updates: list[AdapterState], weights: Tensor, start: AdapterState) -> AdapterState:
-        """New global adapter from the clients' adapters, weights p_k (sum 1) and the round's start."""
+    def trained(self, round_idx: int) -> str:
+        """The factors clients train in round `round_idx` (1-based): "AB", "B" or "A"."""
+        return self.trains[(round_idx - 1) % len(self.trains)]
+
+    @property
+    def label(self) -> str:
+        """The name, plus the config switches set: `subspace:mu=0.5:a_b=0.1`."""
+        return variant_text(self.name, self.overrides)
+
+    def spec(self) -> dict[str, object]:
+        """Everything that decides what this method does, resolved (for results and summaries)."""
+        return {"name": self.name, "label": self.label, "server": self.server, "trains": "/".join(self.trains),
+                "mu": self.penalty.mu, "a_b": self.penalty.a_b, "lam": self.penalty.lam,
+                "norm_restore": self.norm_restore,
+                "clip_tau": self.clip_tau if math.isfinite(self.clip_tau) else None}  # None: no clipping
+
+    def aggregate(self, updates: list[AdapterState], weights: Tensor, start: AdapterState,
+                  round_idx: int = 1) -> AdapterState:
+        """New global adapter from the clients' adapters of round `round_idx`, weights p_k (sum 1)
+        and the round's start."""
         weights = check_weights(weights, len(updates))
         check_same_layout(updates, start)
-        rule = _layer_rule(self.server)
+        rule, trained = SERVER_RULES[self.server], self.trained(round_idx)
         lora = {
-            name: rule([u.lora[name] for u in updates], weights, start.lora[name], self)
+            name: rule([u.lora[name] for u in updates], weights, start.lora[name], self, trained)
             for name in start.lora
         }
         head = {

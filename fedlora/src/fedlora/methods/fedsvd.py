@@ -4,18 +4,22 @@ from __future__ import annotations
 from torch import Tensor
 
 from fedlora.factorize import factorize_product
-from fedlora.methods.base import Method, MethodPreset
+from fedlora.methods.base import Method, MethodPreset, register, server_rule
 from fedlora.state import LoraFactors, weighted_sum
 
 PRESET = MethodPreset(
     name="fedsvd",
     server="fedsvd",
-    freeze_a=True,
+    trains=("B",),
     summary="clients train B only; B_bar = sum p_k B_k, factorize(s B_bar A_prev, orthogonal_a)",
+    label="FedSVD",
 )
+register(PRESET)
 
 
-def fedsvd_layer(clients: list[LoraFactors], weights: Tensor, start: LoraFactors, method: Method) -> LoraFactors:
+@server_rule("fedsvd")
+def fedsvd_layer(clients: list[LoraFactors], weights: Tensor, start: LoraFactors, method: Method,
+                 trained: str) -> LoraFactors:
     """(B_g, A_g) with s B_g A_g = s B_bar A_prev and orthonormal rows of A_g.
 
     rank(B_bar A_prev) <= r, so the factorization is exact and norm restore has rho = 1; only

@@ -4,7 +4,7 @@ The two ablations separate the server side from the client side of the method.
 """
 from __future__ import annotations
 
-from fedlora.methods.base import MethodPreset, PenaltyWeights
+from fedlora.methods.base import MethodPreset, PenaltyWeights, register
 
 SUBSPACE_PENALTY = PenaltyWeights(mu=0.05, a_b=0.01, lam=1e-5)
 
@@ -13,6 +13,7 @@ PRESET = MethodPreset(
     server="orthogonal_b",
     penalty=SUBSPACE_PENALTY,
     summary="factorize(sum p_k s B_k A_k, orthogonal_b) + client penalty mu=0.05, a_B=0.01, lam=1e-5",
+    label="Subspace-Reg",
 )
 
 # Ablations: server rule without the penalty, and the penalty with a plain-average server.
@@ -27,3 +28,4 @@ PENALTY_ONLY = MethodPreset(
     penalty=SUBSPACE_PENALTY,
     summary="FedAvg server rule + the Subspace-Reg client penalty",
 )
+register(PRESET, SERVER_ONLY, PENALTY_ONLY)
