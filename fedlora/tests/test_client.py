@@ -292,3 +292,34 @@ def test_smollm2_local_update_and_evaluate(hellaswag_val_items):
     write_state(model, result.state)
     after = evaluate(model, "decoder", train_data, batch_size=4)
     assert after["loss"] < before["loss"]  # one step on these items lowers their loss
+
+
+def test_merged_base_is_applied_and_removed_bit_for_bit(tokenizer):
+    from fedlora.adapters import handles
+    from fedlora.state import AdapterState
+
+    model = make_lora_model("encoder", tokenizer)
+    weights = handles(model).base
+    original = {n: w.detach().clone() for n, w in weights.items()}
+    state = _random_state(model, seed=3)
+    g = torch.Generator().manual_seed(1)
+    base = {n: torch.randn(w.shape, generator=g) for n, w in weights.items()}
+    write_state(model, AdapterState(lora=state.lora, head=state.head, base=base))
+    for n, w in weights.items():
+        assert torch.equal(w, original[n] + base[n])
+    write_state(model, state)  # a state without a merged base: the weights as loaded, exactly
+    assert all(torch.equal(w, original[n]) for n, w in weights.items())
+    bad = {n: t.T.contiguous() for n, t in base.items()}
+    with pytest.raises(ValueError, match="merged base of .*shape"):
+        write_state(model, AdapterState(lora=state.lora, head=state.head, base=bad))
+
+
+@pytest.mark.parametrize("family", ["encoder", "decoder"])
+def test_a_truncated_client_trains_only_its_own_components(tokenizer, family):
+    data = encode(make_items(8, seed=9), tokenizer, family, 48)
+    model = make_lora_model(family, tokenizer)
+    start = _random_state(model, seed=4).truncated(2)
+    out = local_update(model, family, data, start, _method(), _train(batch_size=4, steps=2), seed=2)
+    for name, f in out.state.lora.items():  # the padding's gradient is exactly 0: it stays 0
+        assert not f.A[2:].any() and not f.B[:, 2:].any()
+    assert max((f.B[:, :2] - start.lora[n].B[:, :2]).abs().max().item() for n, f in out.state.lora.items()) > 1e-4

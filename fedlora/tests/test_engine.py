@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_encoder, make_tokenizer, shared_file
 from fedlora import files
@@ -56,7 +57,8 @@ def without_timing(metrics):
     return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]
 
 
-@pytest.mark.parametrize("method", ["fedavg", "svd", "fedsvd", "subspace"])
+@pytest.mark.parametrize("method", ["fedavg", "svd", "fedsvd", "subspace", "ffa-lora", "rolora", "fedex-lora",
+                                    "flora"])
 def test_two_round_run_writes_every_output(tiny_model_dir, tmp_path, method):
     from peft import PeftModel
 
@@ -81,18 +83,39 @@ def test_two_round_run_writes_every_output(tiny_model_dir, tmp_path, method):
     stats = json.loads((out / "partition.json").read_text())
     assert sum(c["size"] for c in stats["clients"]) == 120
     assert load_config(out / "config.yaml").method.name == method
-    # The final adapter loads with PEFT and carries the trained (non-zero) B factors.
+    # The final adapter loads with PEFT and carries the trained (non-zero) B factors (FLoRA's
+    # restarts from B = 0: its training is in the merged base).
     base = make_encoder(len(make_tokenizer()))
     peft_model = PeftModel.from_pretrained(base, out / "adapter_final")
     b_norm = sum(p.abs().sum().item() for n, p in peft_model.named_parameters() if "lora_B" in n)
-    assert b_norm > 0
-    # FedSVD clients only upload B (+ head): fewer bytes up than a full adapter.
-    if method == "fedsvd":
+    assert (b_norm == 0) == (method == "flora")
+    # Clients that train one factor upload it only (+ head): fewer bytes up than a full adapter.
+    if method in ("fedsvd", "ffa-lora", "rolora"):
         assert metrics[0]["bytes_up"] < metrics[0]["bytes_down"]
+    merges = method in ("fedex-lora", "flora")
+    assert (out / "model_final").is_dir() == merges and (out / "adapter_best").is_dir() != merges
+    if merges:
+        assert_merged_export(out, base)
 
 
-def test_resumed_run_matches_uninterrupted(tiny_model_dir, tmp_path):
-    cfg = tiny_config(tiny_model_dir, rounds=4)
+def assert_merged_export(out, base):
+    """model_final = W0 + merged base + s B A of the final checkpoint, loadable with transformers."""
+    from transformers import AutoModelForMultipleChoice
+
+    state, _ = RunDir(out).load_checkpoint()
+    cfg = load_config(out / "config.yaml")
+    merged = AutoModelForMultipleChoice.from_pretrained(out / "model_final")
+    name = next(iter(state.lora))
+    f = state.lora[name]
+    expected = base.get_submodule(name).weight + state.base[name] + cfg.lora.scaling * f.B @ f.A
+    # float32 sums of O(1) weights in different orders: ~1e-7.
+    torch.testing.assert_close(merged.get_submodule(name).weight, expected, rtol=0, atol=1e-5)
+    assert state.base[name].abs().max() > 0
+
+
+@pytest.mark.parametrize("method", ["subspace", "fedex-lora"])
+def test_resumed_run_matches_uninterrupted(tiny_model_dir, tmp_path, method):
+    cfg = tiny_config(tiny_model_dir, rounds=4, **{"method.name": method})
     train_federation(cfg, tmp_path / "full", log=lambda m: None)
 
     class StopAfterRound2(Progress):
@@ -193,6 +216,35 @@ def test_unknown_method_fails_at_config_validation(tiny_model_dir):
     # Refused with the config, before any data or model is loaded (and so before any writing).
     with pytest.raises(ConfigError, match=r"method\.name: .*unknown method 'fedprox'; valid names: fedavg"):
         tiny_config(tiny_model_dir, **{"method.name": "fedprox"})
+
+
+@pytest.mark.parametrize(("ranks", "method", "named"), [
+    ([4, 2, 1], "flora", "lists 3 ranks for 4 clients"),
+    ([4, 2, 1, 5], "flora", r"must lie in 1\.\.lora\.r=4"),
+    ({"choices": [0, 2]}, "hetlora", r"must lie in 1\.\.lora\.r=4"),
+    ([4, 2, 1, 1], "fedavg", "method 'fedavg' does not define heterogeneous client ranks.*flexlora, flora, hetlora"),
+])
+def test_bad_client_ranks_fail_at_config_validation(tiny_model_dir, ranks, method, named):
+    with pytest.raises(ConfigError, match=named):
+        tiny_config(tiny_model_dir, **{"method.name": method, "federation.client_ranks": ranks})
+
+
+@pytest.mark.parametrize("method", ["flora", "flexlora", "hetlora"])
+def test_heterogeneous_ranks_run_end_to_end(tiny_model_dir, tmp_path, method):
+    ranks = [4, 1, 2, 1]
+    cfg = tiny_config(tiny_model_dir, **{"method.name": method, "federation.client_ranks": ranks})
+    train_federation(cfg, tmp_path / method, log=lambda m: None)
+    metrics = RunDir(tmp_path / method).read_metrics()
+    full = tiny_config(tiny_model_dir, **{"method.name": method})
+    train_federation(full, tmp_path / "full", log=lambda m: None)
+    same_rank = RunDir(tmp_path / "full").read_metrics()
+    for m, f in zip(metrics, same_rank):
+        assert m["client_ranks"] == [ranks[k] for k in m["clients"]] and f["client_ranks"] == [4] * len(f["clients"])
+        # Lower-rank clients send their own components only.
+        assert m["bytes_up"] < f["bytes_up"] or min(m["client_ranks"]) == 4
+        assert all(x > 0 for x in m["client_update_norm"]) and 0 <= m["accuracy"] <= 1
+        overlap = m["geometry"]["basis_overlap"]
+        assert (overlap != overlap) if method == "flora" else 0 <= overlap <= 1 + 1e-6  # FLoRA's B_g = 0: nan
 
 
 def test_unknown_config_key_is_named(tiny_model_dir):

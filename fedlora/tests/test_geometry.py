@@ -186,5 +186,5 @@ def test_update_norms_equal_the_dense_drift():
         for u in updates
     ]
     # float64 Gram entries of O(1) norms: rounding ~1e-15 relative; 1e-10 leaves a wide margin.
-    assert update_norms(updates, start, S) == pytest.approx(dense, rel=1e-10)
-    assert update_norms([start], start, S) == pytest.approx([0.0], abs=1e-6)  # sqrt of ~1e-15 rounding
+    assert update_norms(updates, [start] * 3, S) == pytest.approx(dense, rel=1e-10)
+    assert update_norms([start], [start], S) == pytest.approx([0.0], abs=1e-6)  # sqrt of ~1e-15 rounding

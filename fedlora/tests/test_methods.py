@@ -218,3 +218,76 @@ def test_frozen_factor_methods_average_exactly(round_inputs, name, round_idx, fr
 def test_unknown_server_rule_is_named_with_the_valid_ones():
     with pytest.raises(ValueError, match="unknown server rule 'mean'.*average"):
         MethodConfig(name="fedavg", server="mean")
+
+
+def with_base(state, seed):
+    g = torch.Generator().manual_seed(seed)
+    base = {n: 0.1 * torch.randn(d_out, d_in, generator=g, dtype=torch.float32) for n, (d_out, d_in) in SHAPES.items()}
+    return AdapterState(lora=state.lora, head=state.head, base=base)
+
+
+@pytest.mark.parametrize("name", ["fedex-lora", "flora"])
+def test_merging_methods_make_the_global_model_the_exact_client_average(round_inputs, name):
+    updates, weights, start = round_inputs
+    start = with_base(start, 9)
+    m = build_method(MethodConfig(name=name), rank=R, scaling=S, family_clip_tau=15.0)
+    new = m.aggregate(updates, weights, start, round_idx=2, seed=5)
+    for layer in SHAPES:
+        # Effective weights (beyond W0): base + s B A. The clients' models share the start's base.
+        clients = sum(p * (start.base[layer].double() + S * u.lora[layer].B @ u.lora[layer].A)
+                      for p, u in zip(weights.tolist(), updates))
+        got = new.base[layer].double() + S * new.lora[layer].B.double() @ new.lora[layer].A.double()
+        # The merged base is kept in float32: rounding of O(1) entries, ~1e-7 relative.
+        torch.testing.assert_close(got, clients, rtol=0, atol=1e-5)
+    if name == "fedex-lora":  # the factors are FedAvg's
+        A = sum(p * u.lora["layer.q"].A for p, u in zip(weights.tolist(), updates))
+        torch.testing.assert_close(new.lora["layer.q"].A, A, rtol=0, atol=1e-14)
+
+
+def test_flora_restarts_from_fresh_seeded_lora(round_inputs):
+    updates, weights, start = round_inputs
+    m = build_method(MethodConfig(name="flora"), rank=R, scaling=S, family_clip_tau=15.0)
+    a = m.aggregate(updates, weights, start, round_idx=2, seed=5)
+    b = m.aggregate(updates, weights, start, round_idx=2, seed=5)
+    c = m.aggregate(updates, weights, start, round_idx=3, seed=5)
+    for layer in SHAPES:
+        assert not a.lora[layer].B.any() and a.lora[layer].A.abs().max() > 0
+        assert torch.equal(a.lora[layer].A, b.lora[layer].A) and not torch.equal(a.lora[layer].A, c.lora[layer].A)
+    assert not torch.equal(a.lora["layer.q"].A[:, :4], a.lora["layer.up"].A[:, :4])  # one draw per layer
+
+
+def test_truncation_keeps_the_first_components_and_zeroes_the_rest(round_inputs):
+    _, _, start = round_inputs
+    cut = start.truncated(2)
+    for name, f in cut.lora.items():
+        assert torch.equal(f.A[:2], start.lora[name].A[:2]) and not f.A[2:].any()
+        assert torch.equal(f.B[:, :2], start.lora[name].B[:, :2]) and not f.B[:, 2:].any()
+    assert cut.head is start.head
+
+
+def test_flexlora_clients_start_from_the_best_approximation_at_their_rank(round_inputs):
+    updates, weights, start = round_inputs
+    m = build_method(MethodConfig(name="flexlora", clip=False, norm_restore=False), rank=R, scaling=S,
+                     family_clip_tau=15.0)
+    new = m.aggregate([u.truncated(r) for u, r in zip(updates, (4, 2, 1))], weights, start)
+    for layer in SHAPES:
+        D = S * new.lora[layer].B @ new.lora[layer].A
+        U, sv, Vh = torch.linalg.svd(D)
+        for rank in (1, 2, 3):
+            f = new.truncated(rank).lora[layer]
+            best = U[:, :rank] @ torch.diag(sv[:rank]) @ Vh[:rank]  # Eckart-Young
+            torch.testing.assert_close(S * f.B @ f.A, best, rtol=0, atol=1e-12)
+
+
+def test_hetlora_weighs_clients_by_their_update_norm(round_inputs):
+    updates, weights, start = round_inputs
+    m = build_method(MethodConfig(name="hetlora"), rank=R, scaling=S, family_clip_tau=15.0)
+    padded = [u.truncated(r) for u, r in zip(updates, (4, 2, 1))]
+    new = m.aggregate(padded, weights, start)
+    for layer in SHAPES:
+        norms = torch.stack([torch.linalg.matrix_norm(S * u.lora[layer].B @ u.lora[layer].A) for u in padded])
+        w = norms / norms.sum()
+        torch.testing.assert_close(new.lora[layer].A, sum(wk * u.lora[layer].A for wk, u in zip(w, padded)),
+                                   rtol=0, atol=1e-13)
+        torch.testing.assert_close(new.lora[layer].B, sum(wk * u.lora[layer].B for wk, u in zip(w, padded)),
+                                   rtol=0, atol=1e-13)

@@ -185,3 +185,15 @@ def test_sample_clients_reproducible_sorted_distinct():
 
 def test_sample_clients_full_participation():
     assert sample_clients(0, 3, 7, 1.0) == list(range(7))
+
+
+def test_client_ranks_are_listed_or_drawn_reproducibly():
+    from fedlora.config import RankDraw
+    from fedlora.partition import client_ranks
+
+    assert client_ranks(FederationConfig(num_clients=3)) is None
+    assert client_ranks(FederationConfig(num_clients=3, client_ranks=[8, 4, 2])) == [8, 4, 2]
+    draw = FederationConfig(num_clients=50, client_ranks=RankDraw(choices=[2, 4, 8], seed=1))
+    ranks = client_ranks(draw)
+    assert ranks == client_ranks(draw) and set(ranks) == {2, 4, 8} and len(ranks) == 50
+    assert ranks != client_ranks(FederationConfig(num_clients=50, client_ranks=RankDraw(choices=[2, 4, 8], seed=2)))

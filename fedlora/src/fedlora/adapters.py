@@ -7,6 +7,7 @@ handful of in-place `copy_` calls.
 """
 from __future__ import annotations
 
+import copy
 import json
 import weakref
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from peft.utils.other import ModulesToSaveWrapper
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from fedlora.files import atomic_write_bytes, replacing_folder
+from fedlora.files import atomic_write_bytes, file_mode, folder_mode, replacing_folder
 from fedlora.state import AdapterState, LoraFactors
 
 _PREFIX = "base_model.model."
@@ -30,6 +31,11 @@ class Handles:
     lora: dict[str, tuple[nn.Parameter, nn.Parameter]]  # name -> (A weight, B weight)
     head: dict[str, nn.Parameter]  # name -> trainable head parameter
     live_names: dict[int, str]  # id(param) -> name in model.named_parameters()
+    base: dict[str, nn.Parameter]  # name -> the frozen base weight under the LoRA layer
+    # The base weights as loaded, kept once a merged base (AdapterState.base) is first written, so
+    # writing a state without one restores them bit for bit.
+    original_base: dict[str, torch.Tensor] | None = None
+    base_applied: bool = False
 
 
 _HANDLES: "weakref.WeakKeyDictionary[nn.Module, Handles]" = weakref.WeakKeyDictionary()
@@ -59,14 +65,15 @@ def handles(model: PeftModel) -> Handles:
     if cached is not None:
         return cached
     adapter = model.active_adapter
-    lora = {name: (layer.lora_A[adapter].weight, layer.lora_B[adapter].weight)
-            for name, layer in lora_layers(model).items()}
+    layers = lora_layers(model)
+    lora = {name: (layer.lora_A[adapter].weight, layer.lora_B[adapter].weight) for name, layer in layers.items()}
     head = {f"{mod_name}.{p_name}": p for mod_name, module in head_modules(model).items()
             for p_name, p in module.named_parameters()}
     if not lora:
         raise ValueError(f"{type(model).__name__} has no LoRA layers for adapter {adapter!r}")
     live_names = {id(p): n for n, p in model.named_parameters()}
-    _HANDLES[model] = Handles(lora=lora, head=head, live_names=live_names)
+    base = {name: layer.get_base_layer().weight for name, layer in layers.items()}
+    _HANDLES[model] = Handles(lora=lora, head=head, live_names=live_names, base=base)
     return _HANDLES[model]
 
 
@@ -117,6 +124,25 @@ def write_state(model: PeftModel, state: AdapterState) -> None:
         _copy_into(b, state.lora[name].B, f"{name}.B")
     for name, p in h.head.items():
         _copy_into(p, state.head[name], name)
+    _write_base(h, state.base)
+
+
+def _write_base(h: Handles, base: dict[str, torch.Tensor]) -> None:
+    """Base weights = as loaded + `base` (the merged updates); as loaded when `base` is empty."""
+    if not base and not h.base_applied:
+        return
+    if base:
+        _check_keys("merged base layers", set(h.lora), set(base))
+        for name, weight in h.base.items():  # (d_out, d_in), as nn.Linear stores it
+            if base[name].shape != weight.shape:
+                raise ValueError(f"merged base of {name}: shape {tuple(base[name].shape)}, the layer's weight "
+                                 f"is {tuple(weight.shape)} (layers storing W transposed are not supported)")
+    if h.original_base is None:
+        h.original_base = {name: w.detach().clone() for name, w in h.base.items()}
+    for name, weight in h.base.items():
+        original = h.original_base[name]
+        weight.data.copy_(original + base[name].to(original) if base else original)
+    h.base_applied = bool(base)
 
 
 def set_trainable(model: PeftModel, trained: str = "AB") -> list[nn.Parameter]:
@@ -167,4 +193,20 @@ def save_peft_adapter(model: PeftModel, state: AdapterState, folder: str | Path)
         # Bytes written by our helper: safetensors' own save_file leaves the file owner-only.
         atomic_write_bytes(tmp / "adapter_model.safetensors", safetensors_bytes(tensors, metadata={"format": "pt"}))
         json.loads((tmp / "adapter_config.json").read_text())  # written and parseable
+    return folder
+
+
+def save_merged_model(model: PeftModel, state: AdapterState, tokenizer, folder: str | Path) -> Path:
+    """The full model W0 + base + s B A (and its tokenizer) as a transformers folder, atomically:
+    the export of methods that merge into the base weights, which no PEFT adapter alone can hold.
+
+    Loadable with `AutoModelForCausalLM` / `AutoModelForMultipleChoice.from_pretrained(folder)`."""
+    folder = Path(folder)
+    write_state(model, state)
+    merged = copy.deepcopy(model).merge_and_unload()
+    with replacing_folder(folder) as tmp:
+        merged.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        for path in tmp.rglob("*"):  # safetensors writes owner-only files: give them the umask's mode
+            path.chmod(folder_mode() if path.is_dir() else file_mode())
     return folder

@@ -147,7 +147,7 @@ def methods() -> None:
     for preset in METHODS.values():
         p = preset.penalty
         penalty = f"mu={p.mu:g} a_b={p.a_b:g} lam={p.lam:g}" if p.active else "none"
-        typer.echo(f"{preset.name:22} server={preset.server:13} trains={'/'.join(preset.trains):5} "
+        typer.echo(f"{preset.name:22} server={preset.server:17} trains={'/'.join(preset.trains):5} "
                    f"penalty={penalty:28} {preset.summary}")
 
 

@@ -82,6 +82,13 @@ class LoraSection(Section):
         return self.alpha / self.r
 
 
+class RankDraw(Section):
+    """Client ranks drawn uniformly from `choices`, one per client, by a generator seeded by `seed`."""
+
+    choices: list[int] = Field(min_length=1)
+    seed: int = 0
+
+
 class FederationConfig(Section):
     num_clients: int = Field(10, gt=0)
     fraction: float = Field(0.3, gt=0, le=1)
@@ -90,6 +97,9 @@ class FederationConfig(Section):
     min_client_size: int = Field(8, ge=1)
     # p_k from partition sizes (reference) or from examples actually trained this round.
     weighting: Literal["partition", "trained"] = "partition"
+    # Heterogeneous LoRA ranks: one per client (a list), or a seeded draw; None: every client
+    # trains lora.r. Each rank is at most lora.r, the global adapter's (see partition.client_ranks).
+    client_ranks: list[int] | RankDraw | None = None
 
 
 class TrainConfig(Section):
@@ -165,6 +175,20 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
+        ranks = self.federation.client_ranks
+        if ranks is not None:
+            from fedlora.methods import METHODS  # the registry imports this module
+
+            values = ranks.choices if isinstance(ranks, RankDraw) else ranks
+            if isinstance(ranks, list) and len(ranks) != self.federation.num_clients:
+                raise ValueError(f"federation.client_ranks lists {len(ranks)} ranks for "
+                                 f"{self.federation.num_clients} clients")
+            if not all(1 <= r <= self.lora.r for r in values):
+                raise ValueError(f"federation.client_ranks must lie in 1..lora.r={self.lora.r}, got {values}")
+            if not METHODS[self.method.name].takes_client_ranks:
+                able = [n for n, p in METHODS.items() if p.takes_client_ranks]
+                raise ValueError(f"method {self.method.name!r} does not define heterogeneous client ranks "
+                                 f"(federation.client_ranks); methods that do: {', '.join(able)}")
         if self.federation.min_client_size * self.federation.num_clients > (self.data.train_size or 10**12):
             raise ValueError(
                 f"data.train_size={self.data.train_size} cannot give {self.federation.num_clients} clients "

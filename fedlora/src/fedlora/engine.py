@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fedlora.adapters import save_peft_adapter, write_state
+from fedlora.adapters import save_merged_model, save_peft_adapter, write_state
 from fedlora.client import ClientResult, local_update, resolve_train
 from fedlora.config import FAMILY_DEFAULTS, RunConfig
 from fedlora.data import Item, load_pools
@@ -26,7 +26,7 @@ from fedlora.files import check_folder_path
 from fedlora.geometry import round_geometry, update_norms
 from fedlora.methods import Method, build_method
 from fedlora.models import add_lora, initial_state, load_base, resolve_device
-from fedlora.partition import Partition, make_partition, partition_stats, sample_clients
+from fedlora.partition import Partition, client_ranks, make_partition, partition_stats, sample_clients
 from fedlora.precision import resolve_precision
 from fedlora.progress import Progress
 from fedlora.rundir import RunDir
@@ -52,6 +52,10 @@ class Federation:
     eval_data: object  # pre-tokenised eval subset
     partition_stats: dict
     eval_precision: str = "fp32"  # resolved (fp32 | bf16); training's is in resolve_train
+    client_ranks: list[int] | None = None  # per client; None: every client trains lora.r
+
+    def rank_of(self, client: int) -> int:
+        return self.client_ranks[client] if self.client_ranks else self.cfg.lora.r
 
 
 _MODEL_CACHE: dict[str, tuple] = {}
@@ -93,6 +97,9 @@ def build_federation(cfg: RunConfig, log: Log = print) -> Federation:
         precision[phase], why = resolve_precision(requested, device)
         if requested != "fp32":  # say what auto chose, and why
             log(f"{phase}.precision={requested}: {precision[phase]} ({why})")
+    ranks = client_ranks(cfg.federation)
+    if ranks:
+        log(f"client LoRA ranks: {ranks} (the global adapter's: {cfg.lora.r})")
     max_len = cfg.data.max_length
     return Federation(
         cfg=cfg, model=model, tokenizer=tokenizer, family=family, method=method,
@@ -102,6 +109,7 @@ def build_federation(cfg: RunConfig, log: Log = print) -> Federation:
         partition_stats={"scheme": partition.scheme, "fallback_reason": partition.fallback_reason,
                          **partition_stats(partition, [it.activity_label for it in pools.train])},
         eval_precision=precision["eval"],
+        client_ranks=ranks,
     )
 
 
@@ -131,17 +139,25 @@ def aggregation_weights(fed: Federation, clients: list[int], results: list[Clien
     return (n / n.sum()).float()
 
 
-def upload_bytes(update: AdapterState, trained: str) -> int:
-    """Bytes a client sends: the LoRA factors it trained ("AB", "A" or "B") and the head."""
-    tensors = [t for f in update.lora.values() for t, factor in ((f.A, "A"), (f.B, "B")) if factor in trained]
-    return sum(t.numel() * t.element_size() for t in tensors + list(update.head.values()))
+def upload_bytes(update: AdapterState, trained: str, rank: int) -> int:
+    """Bytes a client sends: the first `rank` components of the LoRA factors it trained ("AB", "A"
+    or "B"; a client of lower rank sends no zero padding) and the head."""
+    lora = sum(t.numel() * t.element_size() * rank // t.shape[f == "B"]  # r is dim 0 of A, dim 1 of B
+               for u in update.lora.values() for t, f in ((u.A, "A"), (u.B, "B")) if f in trained)
+    return lora + sum(t.numel() * t.element_size() for t in update.head.values())
+
+
+def client_start(fed: Federation, state: AdapterState, client: int) -> AdapterState:
+    """The adapter `client` starts its round from: the global, truncated to the client's rank."""
+    return state.truncated(fed.client_ranks[client]) if fed.client_ranks else state
 
 
 def client_update(fed: Federation, state: AdapterState, round_idx: int, client: int) -> ClientResult:
     """Client `client`'s local training in round `round_idx`, starting from the global `state`."""
     train = resolve_train(fed.cfg.train, fed.family, next(fed.model.parameters()).device)
-    return local_update(fed.model, fed.family, fed.client_data[client], state, fed.method, train,
-                        seed=(fed.cfg.seed, round_idx, client), trained=fed.method.trained(round_idx))
+    return local_update(fed.model, fed.family, fed.client_data[client], client_start(fed, state, client),
+                        fed.method, train, seed=(fed.cfg.seed, round_idx, client),
+                        trained=fed.method.trained(round_idx))
 
 
 def server_update(fed: Federation, state: AdapterState, round_idx: int, clients: list[int],
@@ -156,9 +172,11 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
     weights = aggregation_weights(fed, clients, results)
     updates = [r.state for r in results]
     # Contiguous, as a checkpoint reloads it: identical memory layout keeps resumed runs bit-exact.
-    new_state = fed.method.aggregate(updates, weights, state, round_idx).map_tensors(torch.Tensor.contiguous)
+    new_state = fed.method.aggregate(updates, weights, state, round_idx, cfg.seed).map_tensors(torch.Tensor.contiguous)
     t2 = time.perf_counter()
-    geometry = round_geometry(updates, weights, state, new_state, cfg.lora.scaling)
+    ranks = [fed.rank_of(k) for k in clients]
+    geometry = round_geometry(updates, weights, state, new_state, cfg.lora.scaling,
+                              ranks if fed.client_ranks else None)
     t3 = time.perf_counter()
     last = round_idx == cfg.rounds
     evaluated = last or round_idx % cfg.eval.every == 0
@@ -172,16 +190,17 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
         "loss": scores.get("loss"),
         "client_loss": float(sum(r.mean_loss for r in results) / len(results)),
         # Client drift: ||dW_k - dW_start||_F per client, and the penalty's share of its objective.
-        "client_update_norm": update_norms(updates, state, cfg.lora.scaling),
+        "client_update_norm": update_norms(updates, [client_start(fed, state, k) for k in clients], cfg.lora.scaling),
         "client_penalty": [r.mean_penalty for r in results],
         "penalty_share": float(np.mean([r.mean_penalty / (r.mean_loss + r.mean_penalty) for r in results])),
+        "client_ranks": ranks,
         "examples_trained": [r.examples for r in results],
         "optimizer_steps": [r.optimizer_steps for r in results],
         "time_train_s": time_train_s,
         "time_aggregate_s": t2 - t1,
         "time_geometry_s": t3 - t2,
         "time_eval_s": t4 - t3,
-        "bytes_up": sum(upload_bytes(u, fed.method.trained(round_idx)) for u in updates),
+        "bytes_up": sum(upload_bytes(u, fed.method.trained(round_idx), r) for u, r in zip(updates, ranks)),
         "bytes_down": len(clients) * state.nbytes(),
         "geometry": geometry,
     }
@@ -252,7 +271,9 @@ class RunRecorder:
         acc = record["accuracy"]
         if acc is not None and acc > self.best["accuracy"]:
             self.best = {"accuracy": acc, "round": record["round"]}
-            save_peft_adapter(self.fed.model, state, self.run_dir.path / "adapter_best")
+            # A merging method's adapter alone is not its model (model_final is, at the end).
+            if not self.fed.method.merges_base:
+                save_peft_adapter(self.fed.model, state, self.run_dir.path / "adapter_best")
         self.run_dir.save_checkpoint(state, {"round": record["round"], "best": self.best,
                                              "wall_s": self.wall_s()})
         self.next_round = record["round"] + 1
@@ -263,6 +284,8 @@ class RunRecorder:
         cfg = self.fed.cfg
         save_peft_adapter(self.fed.model, self.state, self.run_dir.path / "adapter_final")
         method = self.fed.method
+        if method.merges_base:  # the adapter alone is not the model: export the merged weights too
+            save_merged_model(self.fed.model, self.state, self.fed.tokenizer, self.run_dir.path / "model_final")
         summary = {"method": method.label, "method_spec": method.spec(), "seed": cfg.seed, "model": cfg.model.name,
                    **summarize(self.metrics), "wall_s": self.wall_s(), "machine": machine_facts(), **extra}
         plot_run(self.metrics, self.run_dir.path / "plots", title=f"{method.label} seed {cfg.seed}")

@@ -20,6 +20,7 @@ from torch import Tensor
 from fedlora.methods.base import check_same_layout, check_weights
 from fedlora.state import AdapterState, LoraFactors
 
+SUBSPACE_KEYS = ("basis_overlap", "basis_overlap_code", "principal_angle_mean_deg", "principal_angle_max_deg")
 GEOMETRY_KEYS = (
     "basis_overlap", "basis_overlap_code", "principal_angle_mean_deg", "principal_angle_max_deg",
     "cancellation_ratio", "client_global_cosine", "pairwise_client_cosine",
@@ -95,26 +96,39 @@ def _flow_metrics(gram: Tensor, p: Tensor, suffix: str) -> dict[str, float]:
     }
 
 
-def _subspace_metrics(B_clients: Tensor, B_g: Tensor) -> dict[str, float]:
-    """Overlaps and principal angles of span(B_k) (K, d_out, r) against the new global."""
+def _subspace_metrics(B_clients: list[Tensor], B_g: Tensor) -> dict[str, float]:
+    """Overlaps and principal angles of span(B_k) (d_out, r_k) against the new global's span."""
+    if not B_g.any():  # a global restarted at B = 0 (FLoRA) spans nothing: undefined
+        return dict.fromkeys(SUBSPACE_KEYS, math.nan)
     r = B_g.shape[1]
-    Q_k = orthonormal_basis(B_clients)
     # The top-r left singular vectors of B_g A_g = Q_g (R_g A_g) are Q_g times an r x r rotation
     # whenever dW_g has rank r, and the overlap depends on the span only: U_g = Q(B_g) is exact
     # (and one valid choice of the non-unique top-r vectors when the rank is lower).
     Q_g = orthonormal_basis(B_g)
-    cos_sq = (Q_k.transpose(-1, -2) @ Q_g).square().sum((-2, -1))  # (K,) = ||Q_k^T Q_g||_F^2
-    angles = torch.rad2deg(_angles_orthonormal(Q_k, Q_g.expand_as(Q_k)))  # (K, r)
+    if {B.shape[1] for B in B_clients} == {r}:  # every client at the global rank: batched
+        Q_k = orthonormal_basis(torch.stack(B_clients))
+        cos_sq = (Q_k.transpose(-1, -2) @ Q_g).square().sum((-2, -1))  # (K,) = ||Q_k^T Q_g||_F^2
+        columns = torch.full_like(cos_sq, r)
+        angles = torch.rad2deg(_angles_orthonormal(Q_k, Q_g.expand_as(Q_k)))  # (K, r)
+        angle_mean, angle_max = angles.mean(), angles.amax(-1).mean()
+    else:  # heterogeneous ranks: per client, normalized by the smaller column count
+        per_client = []
+        for B in B_clients:
+            Q = orthonormal_basis(B)
+            theta = torch.rad2deg(_angles_orthonormal(Q, Q_g))
+            per_client.append(((Q.T @ Q_g).square().sum(), Q.new_tensor(min(B.shape[1], r)), theta.mean(), theta.max()))
+        cos_sq, columns, angle_mean, angle_max = (torch.stack(column) for column in zip(*per_client))
+        angle_mean, angle_max = angle_mean.mean(), angle_max.mean()  # means of per-client values
     return {
-        "basis_overlap": (cos_sq / r).mean().item(),
-        "basis_overlap_code": (cos_sq.sqrt() / math.sqrt(r)).clamp(0, 1).mean().item(),
-        "principal_angle_mean_deg": angles.mean().item(),
-        "principal_angle_max_deg": angles.amax(-1).mean().item(),
+        "basis_overlap": (cos_sq / columns).mean().item(),
+        "basis_overlap_code": (cos_sq.sqrt() / columns.sqrt()).clamp(0, 1).mean().item(),
+        "principal_angle_mean_deg": angle_mean.item(),
+        "principal_angle_max_deg": angle_max.item(),
     }
 
 
 def _layer_geometry(clients: list[LoraFactors], p: Tensor, start: LoraFactors, new: LoraFactors,
-                    scaling: float) -> dict[str, float]:
+                    scaling: float, ranks: list[int]) -> dict[str, float]:
     f64 = torch.float64
     Bs = [f.B.to(f64) * scaling for f in clients] + [new.B.to(f64) * scaling, start.B.to(f64) * scaling]
     As = [f.A.to(f64) for f in clients] + [new.A.to(f64), start.A.to(f64)]
@@ -125,27 +139,29 @@ def _layer_geometry(clients: list[LoraFactors], p: Tensor, start: LoraFactors, n
     C[:, K + 1] = -1.0
     out = _flow_metrics(gram[: K + 1, : K + 1], p, "")
     out |= _flow_metrics(C @ gram @ C.T, p, "_delta")
-    B_clients = torch.stack([f.B.to(f64) for f in clients])
-    out |= _subspace_metrics(B_clients, new.B.to(f64))
+    out |= _subspace_metrics([f.B[:, :rank].to(f64) for f, rank in zip(clients, ranks)], new.B.to(f64))
     return out
 
 
-def update_norms(updates: list[AdapterState], start: AdapterState, scaling: float) -> list[float]:
-    """How far each client drifted in its round: ||dW_k - dW_start||_F over all LoRA layers
-    (the root of the sum over layers of the squared Frobenius norms), dW = s B A."""
-    check_same_layout(updates, start)
-    sq = torch.zeros(len(updates), dtype=torch.float64)
-    for name, ref in start.lora.items():
-        for k, u in enumerate(updates):
+def update_norms(updates: list[AdapterState], starts: list[AdapterState], scaling: float) -> list[float]:
+    """How far each client drifted in its round: ||dW_k - dW_start_k||_F over all LoRA layers
+    (the root of the sum over layers of the squared Frobenius norms), dW = s B A, start_k the
+    adapter client k started from."""
+    norms = []
+    for u, start in zip(updates, starts, strict=True):
+        check_same_layout([u], start)
+        sq = torch.zeros((), dtype=torch.float64)
+        for name, ref in start.lora.items():
             f = u.lora[name]
             B = torch.cat([f.B, ref.B], dim=1).to(torch.float64) * scaling
             A = torch.cat([f.A, -ref.A], dim=0).to(torch.float64)  # [B_k, B][A_k; -A] = dW_k - dW
-            sq[k] += ((B.T @ B) * (A @ A.T)).sum()
-    return sq.clamp_min(0).sqrt().tolist()
+            sq += ((B.T @ B) * (A @ A.T)).sum()
+        norms.append(sq.clamp_min(0).sqrt().item())
+    return norms
 
 
 def round_geometry(updates: list[AdapterState], weights: Tensor, start: AdapterState,
-                   new: AdapterState, scaling: float) -> dict[str, float]:
+                   new: AdapterState, scaling: float, ranks: list[int] | None = None) -> dict[str, float]:
     """Geometry of one round, per layer then averaged over layers with equal weight.
 
     Keys (`GEOMETRY_KEYS`):
@@ -159,6 +175,10 @@ def round_geometry(updates: list[AdapterState], weights: Tensor, start: AdapterS
     - cancellation_ratio ||sum p_k dW_k|| / sum p_k ||dW_k||, client_global_cosine mean_k
       cos(dW_k, dW_g), pairwise_client_cosine mean over client pairs (nan for one client);
       the same three with suffix _delta on dW_k - dW_start, dW_g - dW_start.
+
+    `ranks`: each client's LoRA rank when they differ (its first r_k columns of B span its
+    subspace; its overlap is normalized by min(r_k, r)). A global restarted at B = 0 (FLoRA) has no
+    subspace: the four subspace metrics are nan.
     """
     p = check_weights(weights, len(updates))
     if not start.lora:
@@ -167,8 +187,10 @@ def round_geometry(updates: list[AdapterState], weights: Tensor, start: AdapterS
     check_same_layout([new], start)
     if not scaling > 0:
         raise ValueError(f"round_geometry scaling must be > 0, got {scaling!r}")
+    full = next(iter(start.lora.values())).A.shape[0]
+    ranks = ranks or [full] * len(updates)
     per_layer = [
-        _layer_geometry([u.lora[name] for u in updates], p, start.lora[name], new.lora[name], scaling)
+        _layer_geometry([u.lora[name] for u in updates], p, start.lora[name], new.lora[name], scaling, ranks)
         for name in start.lora
     ]
     table = torch.tensor([[row[k] for k in GEOMETRY_KEYS] for row in per_layer], dtype=torch.float64)

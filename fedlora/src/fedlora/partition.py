@@ -156,3 +156,12 @@ def sample_clients(seed: int, round_idx: int, num_clients: int, fraction: float)
     rng = np.random.default_rng([seed, round_idx])
     chosen = rng.choice(num_clients, size=num_sampled(num_clients, fraction), replace=False)
     return sorted(int(k) for k in chosen)
+
+
+def client_ranks(cfg: FederationConfig) -> list[int] | None:
+    """Each client's LoRA rank (federation.client_ranks), or None when every client trains lora.r."""
+    ranks = cfg.client_ranks
+    if ranks is None or isinstance(ranks, list):
+        return ranks
+    drawn = np.random.default_rng(ranks.seed).choice(ranks.choices, size=cfg.num_clients)
+    return [int(r) for r in drawn]

@@ -33,7 +33,8 @@ def state_to_arrays(state: AdapterState, sent: str = "AB") -> ArrayRecord:
 
 
 def arrays_to_state(record: ArrayRecord, like: AdapterState | None = None) -> AdapterState:
-    """AdapterState from an ArrayRecord; LoRA factors not sent are taken from `like` (the start).
+    """AdapterState from an ArrayRecord; LoRA factors and merged base not sent are taken from `like`
+    (the start: clients send the factors they trained and never the base).
 
     When `like` is given the keys and shapes must match it exactly, else a ValueError names them."""
     flat = {k: torch.from_numpy(np.array(v.numpy(), copy=True)) for k, v in record.items()}
@@ -41,7 +42,7 @@ def arrays_to_state(record: ArrayRecord, like: AdapterState | None = None) -> Ad
         return AdapterState.from_flat_dict(flat)
     expected = like.flat_dict()
     for key, tensor in expected.items():
-        if key not in flat and key.startswith("lora::"):
+        if key not in flat and key.startswith(("lora::", "base::")):
             flat[key] = tensor.detach().clone()
     missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
     if missing or extra:

@@ -15,10 +15,16 @@ subspace-server-only   orthogonal_b    A, B        none (ablation: server side o
 fedavg-penalty         average         A, B        0.05, 0.01, 1e-5 (ablation: client side only)
 ffa-lora               average         B           none
 rolora                 average         B then A    none
+fedex-lora             average + merge A, B        none
+flora                  fresh + merge   A, B        none (client ranks may differ)
+flexlora               symmetric       A, B        none (client ranks may differ)
+hetlora                sparsity_w.     A, B        none (client ranks may differ)
 =====================  ==============  ==========  ==========================================
 
 Server rules: `average` averages the trained factors separately (a frozen factor stays the
-round's start); `symmetric` / `orthogonal_a` / `orthogonal_b` factorize D = sum_k p_k s B_k A_k
+round's start); `fresh` restarts from a new seeded LoRA (FLoRA); `sparsity_weighted` averages with
+weights ||s B_k A_k||_F (HetLoRA); "+ merge" folds sum_k p_k s B_k A_k - s B_g A_g into the base
+weights (`MethodPreset.merges_base`); `symmetric` / `orthogonal_a` / `orthogonal_b` factorize D = sum_k p_k s B_k A_k
 with that mode (clip, top-r SVD, norm restore); `fedsvd` factorizes s (sum_k p_k B_k) A_prev with
 `orthogonal_a`. Config switches (`method.server`, `mu`, `a_b`, `lam`, `freeze_a`, `norm_restore`,
 `clip`, `clip_tau`) override any preset, so every combination of server rule x penalty terms x
@@ -89,6 +95,8 @@ def build_method(cfg: MethodConfig, *, rank: int, scaling: float, family_clip_ta
         penalty=penalty,
         clip_tau=(family_clip_tau if cfg.clip_tau is None else cfg.clip_tau) if cfg.clip else math.inf,
         norm_restore=cfg.norm_restore,
+        merges_base=preset.merges_base,
+        takes_client_ranks=preset.takes_client_ranks,
         overrides=switches_set(cfg),
     )
 

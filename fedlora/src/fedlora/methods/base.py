@@ -58,13 +58,29 @@ class MethodPreset:
     penalty: PenaltyWeights = field(default_factory=PenaltyWeights)
     summary: str = ""
     label: str = ""  # how tables name it (default: the name)
+    # The server folds sum_k p_k s B_k A_k - s B_g A_g into the frozen base weights, so the global
+    # model is exactly the average of the clients' models (AdapterState.base).
+    merges_base: bool = False
+    # Clients may train different LoRA ranks (federation.client_ranks): the method's paper defines it.
+    takes_client_ranks: bool = False
 
     def __post_init__(self) -> None:
         check_trains(self.name, self.trains)
 
 
-# One LoRA layer: (client factors, weights (K,), start factors, method, trained factors) -> new global factors.
-LayerRule = Callable[[list[LoraFactors], Tensor, LoraFactors, "Method", str], LoraFactors]
+@dataclass(frozen=True)
+class RoundContext:
+    """What a layer rule may need besides the factors: the factors trained this round ("AB", "A"
+    or "B"), the round (1-based), the run's seed and the layer's index (for seeded draws)."""
+
+    trained: str = "AB"
+    round_idx: int = 1
+    seed: int = 0
+    layer: int = 0
+
+
+# One LoRA layer: (client factors, weights (K,), start factors, method, context) -> new global factors.
+LayerRule = Callable[[list[LoraFactors], Tensor, LoraFactors, "Method", RoundContext], LoraFactors]
 
 # The registry: every module of this package registers its presets and server rules on import.
 PRESETS: dict[str, MethodPreset] = {}
@@ -144,6 +160,8 @@ class Method:
     penalty: PenaltyWeights = field(default_factory=PenaltyWeights)
     clip_tau: float = math.inf
     norm_restore: bool = True
+    merges_base: bool = False
+    takes_client_ranks: bool = False
     overrides: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -173,18 +191,35 @@ class Method:
                 "clip_tau": self.clip_tau if math.isfinite(self.clip_tau) else None}  # None: no clipping
 
     def aggregate(self, updates: list[AdapterState], weights: Tensor, start: AdapterState,
-                  round_idx: int = 1) -> AdapterState:
+                  round_idx: int = 1, seed: int = 0) -> AdapterState:
         """New global adapter from the clients' adapters of round `round_idx`, weights p_k (sum 1)
-        and the round's start."""
+        and the round's start (`seed`: the run's, for rules that draw)."""
         weights = check_weights(weights, len(updates))
         check_same_layout(updates, start)
         rule, trained = SERVER_RULES[self.server], self.trained(round_idx)
         lora = {
-            name: rule([u.lora[name] for u in updates], weights, start.lora[name], self, trained)
-            for name in start.lora
+            name: rule([u.lora[name] for u in updates], weights, start.lora[name], self,
+                       RoundContext(trained, round_idx, seed, i))
+            for i, name in enumerate(start.lora)
         }
         head = {
             name: weighted_sum([u.head[name] for u in updates], weights)
             for name in start.head
         }
-        return AdapterState(lora=lora, head=head)
+        base = start.base
+        if self.merges_base:
+            base = {name: merged_base([u.lora[name] for u in updates], weights, start.base.get(name),
+                                      lora[name], self.scaling)
+                    for name in start.lora}
+        return AdapterState(lora=lora, head=head, base=base)
+
+
+def merged_base(clients: list[LoraFactors], weights: Tensor, base: Tensor | None, new: LoraFactors,
+                scaling: float) -> Tensor:
+    """base + sum_k p_k s B_k A_k - s B_g A_g: what the new global factors leave out of the clients'
+    average update, folded into the base weights (float64 sum, returned in float32)."""
+    f64 = torch.float64
+    B_cat = torch.cat([f.B.to(f64) * p for f, p in zip(clients, weights.tolist())] + [-new.B.to(f64)], dim=1)
+    A_cat = torch.cat([f.A.to(f64) for f in clients] + [new.A.to(f64)], dim=0)
+    increment = scaling * (B_cat @ A_cat)
+    return (increment if base is None else base.to(f64) + increment).float()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fedlora.methods.base import Method, MethodPreset, register, server_rule
+from fedlora.methods.base import Method, MethodPreset, RoundContext, register, server_rule
 from fedlora.state import LoraFactors, weighted_sum
 
 PRESET = MethodPreset(
@@ -17,11 +17,11 @@ register(PRESET)
 
 @server_rule("average")
 def average_layer(clients: list[LoraFactors], weights: Tensor, start: LoraFactors, method: Method,
-                  trained: str) -> LoraFactors:
+                  ctx: RoundContext) -> LoraFactors:
     """Separate weighted averages (sum_k p_k B_k)(sum_k p_k A_k): not the average of the products.
 
     A factor the clients did not train this round is the start's, exactly (not an average of copies)."""
     return LoraFactors(
-        A=weighted_sum([f.A for f in clients], weights) if "A" in trained else start.A,
-        B=weighted_sum([f.B for f in clients], weights) if "B" in trained else start.B,
+        A=weighted_sum([f.A for f in clients], weights) if "A" in ctx.trained else start.A,
+        B=weighted_sum([f.B for f in clients], weights) if "B" in ctx.trained else start.B,
     )

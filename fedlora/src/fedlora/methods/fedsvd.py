@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from fedlora.factorize import factorize_product
-from fedlora.methods.base import Method, MethodPreset, register, server_rule
+from fedlora.methods.base import Method, MethodPreset, RoundContext, register, server_rule
 from fedlora.state import LoraFactors, weighted_sum
 
 PRESET = MethodPreset(
@@ -19,7 +19,7 @@ register(PRESET)
 
 @server_rule("fedsvd")
 def fedsvd_layer(clients: list[LoraFactors], weights: Tensor, start: LoraFactors, method: Method,
-                 trained: str) -> LoraFactors:
+                 ctx: RoundContext) -> LoraFactors:
     """(B_g, A_g) with s B_g A_g = s B_bar A_prev and orthonormal rows of A_g.
 
     rank(B_bar A_prev) <= r, so the factorization is exact and norm restore has rho = 1; only

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from fedlora.factorize import factorize_product
-from fedlora.methods.base import Method, MethodPreset, register, server_rule
+from fedlora.methods.base import Method, MethodPreset, RoundContext, register, server_rule
 from fedlora.state import LoraFactors
 
 PRESET = MethodPreset(
@@ -19,7 +19,7 @@ register(PRESET)
 
 @server_rule("symmetric", "orthogonal_a", "orthogonal_b")
 def redistribute_layer(clients: list[LoraFactors], weights: Tensor, start: LoraFactors,
-                       method: Method, trained: str) -> LoraFactors:
+                       method: Method, ctx: RoundContext) -> LoraFactors:
     """factorize(sum_k p_k s B_k A_k, mode=method.server) from the stacked factors.
 
     sum_k p_k B_k A_k = [p_1 B_1 ... p_K B_K] [A_1; ...; A_K], so the SVD runs on rank <= K r
