@@ -113,9 +113,10 @@ def assert_merged_export(out, base):
     assert state.base[name].abs().max() > 0
 
 
-@pytest.mark.parametrize("method", ["subspace", "fedex-lora"])
+@pytest.mark.parametrize("method", ["subspace", "fedex-lora", "fedsa-lora"])
 def test_resumed_run_matches_uninterrupted(tiny_model_dir, tmp_path, method):
-    cfg = tiny_config(tiny_model_dir, rounds=4, **{"method.name": method})
+    holdout = {"federation.client_holdout": 2} if method == "fedsa-lora" else {}
+    cfg = tiny_config(tiny_model_dir, rounds=4, **{"method.name": method}, **holdout)
     train_federation(cfg, tmp_path / "full", log=lambda m: None)
 
     class StopAfterRound2(Progress):
@@ -245,6 +246,36 @@ def test_heterogeneous_ranks_run_end_to_end(tiny_model_dir, tmp_path, method):
         assert all(x > 0 for x in m["client_update_norm"]) and 0 <= m["accuracy"] <= 1
         overlap = m["geometry"]["basis_overlap"]
         assert (overlap != overlap) if method == "flora" else 0 <= overlap <= 1 + 1e-6  # FLoRA's B_g = 0: nan
+
+
+def test_personal_b_stays_on_each_client_and_is_scored_on_its_held_out_items(tiny_model_dir, tmp_path):
+    from fedlora.engine import build_federation
+
+    cfg = tiny_config(tiny_model_dir, rounds=3, **{"method.name": "fedsa-lora", "federation.client_holdout": 3})
+    train_federation(cfg, tmp_path / "run", log=lambda m: None)
+    run = RunDir(tmp_path / "run")
+    metrics = run.read_metrics()
+    state, _ = run.load_checkpoint()
+    personal = run.load_personal()
+    assert not any(f.B.any() for f in state.lora.values())  # the server never holds a B
+    assert sorted(personal) == sorted({k for m in metrics[1:] for k in m["clients"]})
+    assert all(0 <= m["heldout_accuracy"] <= 1 and m["heldout_loss"] > 0 for m in metrics)
+    for m in metrics[1:]:  # clients send A (+ head) only
+        assert m["bytes_up"] < m["bytes_down"]
+    # Held-out items are drawn from each client's own partition and never trained on.
+    fed = build_federation(cfg, log=lambda m: None)
+    sizes = [c["size"] for c in json.loads((tmp_path / "run" / "partition.json").read_text())["clients"]]
+    assert [len(d) for d in fed.client_data] == [n - 3 for n in sizes]
+    assert [len(d) for d in fed.holdout_data] == [3] * len(sizes)
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    ({"method.name": "fedsa-lora"}, "keeps factors on each client.*client_holdout > 0"),
+    ({"federation.client_holdout": 4}, "client_holdout=4 must be below federation.min_client_size=4"),
+])
+def test_bad_holdout_settings_fail_at_config_validation(tiny_model_dir, overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        tiny_config(tiny_model_dir, **overrides)
 
 
 def test_unknown_config_key_is_named(tiny_model_dir):

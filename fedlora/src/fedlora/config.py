@@ -100,6 +100,10 @@ class FederationConfig(Section):
     # Heterogeneous LoRA ranks: one per client (a list), or a seeded draw; None: every client
     # trains lora.r. Each rank is at most lora.r, the global adapter's (see partition.client_ranks).
     client_ranks: list[int] | RankDraw | None = None
+    # Items of each client's partition held out from its training (a seeded draw, per client):
+    # evaluated rounds also score every client's own model on its own held-out items
+    # (`heldout_accuracy`), the measure of personalized methods. 0: none held out.
+    client_holdout: int = Field(0, ge=0)
 
 
 class TrainConfig(Section):
@@ -189,6 +193,15 @@ class RunConfig(Section):
                 able = [n for n, p in METHODS.items() if p.takes_client_ranks]
                 raise ValueError(f"method {self.method.name!r} does not define heterogeneous client ranks "
                                  f"(federation.client_ranks); methods that do: {', '.join(able)}")
+        holdout = self.federation.client_holdout
+        if holdout and holdout >= self.federation.min_client_size:
+            raise ValueError(f"federation.client_holdout={holdout} must be below federation.min_client_size="
+                             f"{self.federation.min_client_size}: every client keeps items to train on")
+        from fedlora.methods import METHODS  # the registry imports this module
+
+        if METHODS[self.method.name].personal and not holdout:
+            raise ValueError(f"method {self.method.name!r} keeps factors on each client: it is scored by the "
+                             f"clients' own models on their held-out items; set federation.client_holdout > 0")
         if self.federation.min_client_size * self.federation.num_clients > (self.data.train_size or 10**12):
             raise ValueError(
                 f"data.train_size={self.data.train_size} cannot give {self.federation.num_clients} clients "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -26,12 +26,12 @@ from fedlora.files import check_folder_path
 from fedlora.geometry import round_geometry, update_norms
 from fedlora.methods import Method, build_method
 from fedlora.models import add_lora, initial_state, load_base, resolve_device
-from fedlora.partition import Partition, client_ranks, make_partition, partition_stats, sample_clients
+from fedlora.partition import Partition, client_ranks, make_partition, partition_stats, sample_clients, split_holdout
 from fedlora.precision import resolve_precision
 from fedlora.progress import Progress
 from fedlora.rundir import RunDir
 from fedlora.scoring import encode
-from fedlora.state import AdapterState
+from fedlora.state import AdapterState, weighted_sum
 from fedlora.summary import summarize
 
 Log = Callable[[str], None]
@@ -53,6 +53,9 @@ class Federation:
     partition_stats: dict
     eval_precision: str = "fp32"  # resolved (fp32 | bf16); training's is in resolve_train
     client_ranks: list[int] | None = None  # per client; None: every client trains lora.r
+    holdout_data: list | None = None  # per client, pre-tokenised held-out items (federation.client_holdout)
+    # Personalized methods: each client's own factors (client -> layer -> B), kept between rounds.
+    personal: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def rank_of(self, client: int) -> int:
         return self.client_ranks[client] if self.client_ranks else self.cfg.lora.r
@@ -87,7 +90,10 @@ def build_federation(cfg: RunConfig, log: Log = print) -> Federation:
     device = resolve_device(cfg.device)  # before the data: a missing GPU fails at once
     pools = load_pools(cfg.data, cfg.seed, log=log)
     partition = make_partition(pools.train, cfg.federation, cfg.seed, log=log)
-    client_items = [[pools.train[i] for i in idx] for idx in partition.clients]
+    trained, held = partition.clients, None
+    if cfg.federation.client_holdout:
+        trained, held = split_holdout(partition, cfg.federation.client_holdout, cfg.seed)
+    client_items = [[pools.train[i] for i in idx] for idx in trained]
     model, tokenizer, family = _load_model(cfg, device, log)
     method = build_method(cfg.method, rank=cfg.lora.r, scaling=cfg.lora.scaling,
                           family_clip_tau=FAMILY_DEFAULTS[family]["clip_tau"])
@@ -110,14 +116,18 @@ def build_federation(cfg: RunConfig, log: Log = print) -> Federation:
                          **partition_stats(partition, [it.activity_label for it in pools.train])},
         eval_precision=precision["eval"],
         client_ranks=ranks,
+        holdout_data=[encode([pools.train[i] for i in idx], tokenizer, family, max_len) for idx in held]
+        if held is not None else None,
     )
 
 
-def evaluate_state(fed: Federation, state: AdapterState) -> tuple[dict, np.ndarray, np.ndarray]:
-    """(accuracy/loss/n, per-item scores (N, 4), labels (N,)) of `state` on the eval subset."""
+def evaluate_state(fed: Federation, state: AdapterState, data=None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(accuracy/loss/n, per-item scores (N, 4), labels (N,)) of `state` on `data` (default: the
+    eval subset)."""
     write_state(fed.model, state)
     cfg = fed.cfg.eval
-    return evaluate_items(fed.model, fed.family, fed.eval_data, cfg.batch_size, fed.eval_precision, cfg.packing)
+    return evaluate_items(fed.model, fed.family, fed.eval_data if data is None else data, cfg.batch_size,
+                          fed.eval_precision, cfg.packing)
 
 
 def zero_shot(fed: Federation, state: AdapterState) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -148,16 +158,48 @@ def upload_bytes(update: AdapterState, trained: str, rank: int) -> int:
 
 
 def client_start(fed: Federation, state: AdapterState, client: int) -> AdapterState:
-    """The adapter `client` starts its round from: the global, truncated to the client's rank."""
-    return state.truncated(fed.client_ranks[client]) if fed.client_ranks else state
+    """The adapter `client` starts its round from (and is scored with on its held-out items): the
+    global, truncated to the client's rank, with the client's own personal factors."""
+    if fed.client_ranks:
+        state = state.truncated(fed.client_ranks[client])
+    own = fed.personal.get(client)
+    if own:  # FedSA-LoRA: the client's own B (personal == "B")
+        state = AdapterState(lora={n: f._replace(B=own[n]) for n, f in state.lora.items()}, head=state.head,
+                             base=state.base)
+    return state
+
+
+def global_view(fed: Federation, state: AdapterState) -> AdapterState:
+    """The model the server evaluates. For personalized methods an evaluation-only model, which no
+    party holds: the global A with the partition-weighted mean of the clients' own B."""
+    if not fed.method.personal or not fed.personal:
+        return state
+    clients = sorted(fed.personal)
+    sizes = torch.tensor([len(fed.client_items[k]) for k in clients], dtype=torch.float64)
+    weights = sizes / sizes.sum()
+    lora = {n: f._replace(B=weighted_sum([fed.personal[k][n] for k in clients], weights))
+            for n, f in state.lora.items()}
+    return AdapterState(lora=lora, head=state.head, base=state.base)
+
+
+def heldout_scores(fed: Federation, state: AdapterState) -> dict:
+    """Each client's own model (client_start) on its own held-out items: the mean over clients of
+    their accuracies and losses (clients weigh alike: every client holds out as many items)."""
+    per_client = [evaluate_state(fed, client_start(fed, state, k), fed.holdout_data[k])[0]
+                  for k in range(len(fed.holdout_data))]
+    return {"heldout_accuracy": float(np.mean([s["accuracy"] for s in per_client])),
+            "heldout_loss": float(np.mean([s["loss"] for s in per_client]))}
 
 
 def client_update(fed: Federation, state: AdapterState, round_idx: int, client: int) -> ClientResult:
     """Client `client`'s local training in round `round_idx`, starting from the global `state`."""
     train = resolve_train(fed.cfg.train, fed.family, next(fed.model.parameters()).device)
-    return local_update(fed.model, fed.family, fed.client_data[client], client_start(fed, state, client),
-                        fed.method, train, seed=(fed.cfg.seed, round_idx, client),
-                        trained=fed.method.trained(round_idx))
+    result = local_update(fed.model, fed.family, fed.client_data[client], client_start(fed, state, client),
+                          fed.method, train, seed=(fed.cfg.seed, round_idx, client),
+                          trained=fed.method.trained(round_idx))
+    if fed.method.personal:  # kept on the client for its next round; never sent
+        fed.personal[client] = {n: f.B for n, f in result.state.lora.items()}
+    return result
 
 
 def server_update(fed: Federation, state: AdapterState, round_idx: int, clients: list[int],
@@ -180,7 +222,8 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
     t3 = time.perf_counter()
     last = round_idx == cfg.rounds
     evaluated = last or round_idx % cfg.eval.every == 0
-    scores, item_scores, labels = evaluate_state(fed, new_state) if evaluated else ({}, None, None)
+    scores, item_scores, labels = evaluate_state(fed, global_view(fed, new_state)) if evaluated else ({}, None, None)
+    heldout = heldout_scores(fed, new_state) if evaluated and fed.holdout_data else {}
     t4 = time.perf_counter()
     record = {
         "round": round_idx,
@@ -188,6 +231,7 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
         "weights": [round(w, 6) for w in weights.tolist()],
         "accuracy": scores.get("accuracy"),
         "loss": scores.get("loss"),
+        **heldout,
         "client_loss": float(sum(r.mean_loss for r in results) / len(results)),
         # Client drift: ||dW_k - dW_start||_F per client, and the penalty's share of its objective.
         "client_update_norm": update_norms(updates, [client_start(fed, state, k) for k in clients], cfg.lora.scaling),
@@ -200,7 +244,7 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
         "time_aggregate_s": t2 - t1,
         "time_geometry_s": t3 - t2,
         "time_eval_s": t4 - t3,
-        "bytes_up": sum(upload_bytes(u, fed.method.trained(round_idx), r) for u, r in zip(updates, ranks)),
+        "bytes_up": sum(upload_bytes(u, fed.method.sent(round_idx), r) for u, r in zip(updates, ranks)),
         "bytes_down": len(clients) * state.nbytes(),
         "geometry": geometry,
     }
@@ -235,6 +279,7 @@ class RunRecorder:
         if resume:  # read (and check) everything before writing anything
             run_dir.restore_swapped_folders()
             checkpoint = run_dir.load_checkpoint()
+            fed.personal = run_dir.load_personal()
             last_round = checkpoint[1]["round"] if checkpoint else -1
             self.metrics = run_dir.truncate_metrics(last_round, log)
             run_dir.truncate_eval_items(last_round)
@@ -254,7 +299,8 @@ class RunRecorder:
             if fed.cfg.eval.zero_shot:
                 scores, item_scores, labels = zero_shot(fed, self.state)
                 run_dir.write_eval_items(0, item_scores, labels)
-                self._append({"round": 0, **scores})
+                heldout = heldout_scores(fed, self.state) if fed.holdout_data else {}
+                self._append({"round": 0, **scores, **heldout})
 
     def _append(self, record: dict) -> None:
         self.metrics.append(record)
@@ -275,7 +321,7 @@ class RunRecorder:
             if not self.fed.method.merges_base:
                 save_peft_adapter(self.fed.model, state, self.run_dir.path / "adapter_best")
         self.run_dir.save_checkpoint(state, {"round": record["round"], "best": self.best,
-                                             "wall_s": self.wall_s()})
+                                             "wall_s": self.wall_s()}, personal=self.fed.personal)
         self.next_round = record["round"] + 1
 
     def finish(self, **extra) -> dict:

@@ -165,3 +165,17 @@ def client_ranks(cfg: FederationConfig) -> list[int] | None:
         return ranks
     drawn = np.random.default_rng(ranks.seed).choice(ranks.choices, size=cfg.num_clients)
     return [int(r) for r in drawn]
+
+
+def split_holdout(partition: Partition, holdout: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per client, (items it trains on, `holdout` items it never trains on): a seeded draw from
+    each client's own partition, so held-out items follow the client's label skew."""
+    train, held = [], []
+    for k, items in enumerate(partition.clients):
+        if holdout >= len(items):
+            raise ValueError(f"federation.client_holdout={holdout} leaves client {k} ({len(items)} items) "
+                             f"nothing to train on")
+        order = np.random.default_rng([seed, k]).permutation(len(items))
+        held.append(np.sort(items[order[:holdout]]))
+        train.append(np.sort(items[order[holdout:]]))
+    return train, held

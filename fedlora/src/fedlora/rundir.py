@@ -207,17 +207,32 @@ class RunDir:
         return labels, rounds
 
     # -- checkpoint --------------------------------------------------------------------------
-    def save_checkpoint(self, state: AdapterState, round_state: dict) -> None:
-        """Global adapter + head + round state, written to a temp folder then swapped in."""
-        flat = state.flat_dict()
+    def save_checkpoint(self, state: AdapterState, round_state: dict,
+                        personal: dict[int, dict[str, torch.Tensor]] | None = None) -> None:
+        """Global adapter + head + round state (+ the clients' personal factors of personalized
+        methods), written to a temp folder then swapped in."""
         with replacing_folder(self.path / "checkpoint") as tmp:
-            # safetensors sorts keys; the metadata keeps the layer order so sums over layers replay exactly.
-            # (as bytes through our helper: safetensors' own save_file leaves the file owner-only)
-            data = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in flat.items()},
-                                     metadata={"order": json.dumps(list(flat))})
-            atomic_write_bytes(tmp / "global.safetensors", data)
+            _write_tensors(tmp / "global.safetensors", state.flat_dict())
+            if personal:
+                _write_tensors(tmp / "personal.safetensors",
+                               {f"{k}::{name}": t for k, layers in personal.items() for name, t in layers.items()})
             torch.save({"torch_rng": torch.get_rng_state()}, tmp / "rng.pt")
             atomic_write_json(tmp / "round.json", round_state)
+
+    def load_personal(self) -> dict[int, dict[str, torch.Tensor]]:
+        """The clients' personal factors of the last checkpoint (empty for shared-only methods)."""
+        file = self.path / "checkpoint" / "personal.safetensors"
+        if not file.is_file():
+            return {}
+        personal: dict[int, dict[str, torch.Tensor]] = {}
+        try:
+            for key, t in _read_tensors(file).items():
+                client, _, name = key.partition("::")
+                personal.setdefault(int(client), {})[name] = t
+        except (SafetensorError, OSError, KeyError, TypeError, ValueError) as err:
+            raise RunDirError(f"checkpoint file {file} is damaged ({type(err).__name__}: {err}). "
+                              f"Start again with `fedlora run --overwrite --out {self.path}`") from None
+        return personal
 
     @property
     def has_checkpoint(self) -> bool:
@@ -238,10 +253,7 @@ class RunDir:
         if not isinstance(round_state, dict) or not {"round", "best", "wall_s"} <= set(round_state):
             raise RunDirError(f"checkpoint file {round_file} is damaged: expected the keys round, best, wall_s")
         try:
-            with safe_open(str(tensor_file), framework="pt") as fh:
-                order = json.loads(fh.metadata()["order"])
-            tensors = load_file(str(tensor_file))
-            state = AdapterState.from_flat_dict({k: tensors[k] for k in order})
+            state = AdapterState.from_flat_dict(_read_tensors(tensor_file))
         except (SafetensorError, OSError, KeyError, TypeError, ValueError) as err:
             raise RunDirError(f"checkpoint file {tensor_file} is damaged ({type(err).__name__}: {err}). "
                               f"Start again with `fedlora run --overwrite --out {self.path}`") from None
@@ -257,3 +269,18 @@ class RunDir:
 
     def read_summary(self) -> dict:
         return read_json(self.path / "summary.json", "run summary")
+
+
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    # safetensors sorts keys; the metadata keeps the order so sums over layers replay exactly.
+    # (as bytes through our helper: safetensors' own save_file leaves the file owner-only)
+    data = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                             metadata={"order": json.dumps(list(tensors))})
+    atomic_write_bytes(path, data)
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as fh:
+        order = json.loads(fh.metadata()["order"])
+    tensors = load_file(str(path))
+    return {k: tensors[k] for k in order}

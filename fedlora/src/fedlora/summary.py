@@ -21,7 +21,7 @@ from fedlora.stats import accuracy_difference, item_correct, item_losses, loss_d
 SPEC_COLUMNS = ["server", "trains", "mu", "a_b", "lam", "norm_restore", "clip_tau"]
 RESULT_COLUMNS = [
     "model", "method", *SPEC_COLUMNS, "seed", "best_accuracy", "best_round", "mean_last5_accuracy",
-    "final_accuracy", "final_loss", "basis_overlap", "basis_overlap_code",
+    "final_accuracy", "final_loss", "final_heldout_accuracy", "basis_overlap", "basis_overlap_code",
     "cancellation_ratio_delta", "zero_shot_accuracy", "rounds", "wall_s", "status", "run_dir",
 ]
 
@@ -33,6 +33,9 @@ TABLE_COLUMNS = [
     ("Basis overlap (paper)", "basis_overlap", 4),
     ("Basis overlap (code)", "basis_overlap_code", 5),
 ]
+# Shown when runs held out client items: every client's own model (personalized for methods that
+# keep factors on the client) on its own held-out items, while "Final acc" is the global model's.
+HELDOUT_COLUMN = ("Final held-out acc (clients' own models)", "final_heldout_accuracy", 3)
 
 
 def summarize(metrics: list[dict]) -> dict:
@@ -50,6 +53,8 @@ def summarize(metrics: list[dict]) -> dict:
         "final_accuracy": evals[-1]["accuracy"],
         "mean_last5_accuracy": float(np.mean([m["accuracy"] for m in evals[-5:]])),
         "final_loss": evals[-1]["loss"],
+        # federation.client_holdout: each client's own model on its held-out items (mean over clients)
+        "final_heldout_accuracy": evals[-1].get("heldout_accuracy"),
         "basis_overlap": geometry.get("basis_overlap"),
         "basis_overlap_code": geometry.get("basis_overlap_code"),
         "cancellation_ratio_delta": geometry.get("cancellation_ratio_delta"),
@@ -103,15 +108,17 @@ def markdown_table(rows: list[dict], ddof: int = 0) -> str:
     label = "population std, ddof=0" if ddof == 0 else "sample std, ddof=1"
     out = []
     for model, methods in by_model.items():
+        columns = TABLE_COLUMNS + [HELDOUT_COLUMN] * any(
+            _num(r.get(HELDOUT_COLUMN[1])) is not None for rs in methods.values() for r in rs)
         out.append(f"**{model}** (mean ± {label}; n = complete seeds)\n")
-        out.append("| Method | n | " + " | ".join(c[0] for c in TABLE_COLUMNS) + " |")
-        out.append("|---|---|" + "---|" * len(TABLE_COLUMNS))
+        out.append("| Method | n | " + " | ".join(c[0] for c in columns) + " |")
+        out.append("|---|---|" + "---|" * len(columns))
         ranked = sorted(methods.items(), key=lambda kv: method_order(kv[0]))
         for method, runs in ranked:
             done = [r for r in runs if r.get("status", "complete") == "complete"]
             missing = len(runs) - len(done)
             cells = []
-            for _, key, digits in TABLE_COLUMNS:
+            for _, key, digits in columns:
                 vals = [v for v in (_num(r.get(key)) for r in done) if v is not None]
                 cells.append(_cell(vals, ddof, digits))
             n = f"{len(done)}" + (f" ({missing} unfinished)" if missing else "")

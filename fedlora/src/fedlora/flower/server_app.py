@@ -218,6 +218,12 @@ def run_server(grid: Grid, cfg, settings: FlowerSettings) -> dict:
     """The whole Flower run on the server side; writes the run folder at settings.out_dir."""
     if not settings.out_dir:
         raise ValueError("Flower run config key 'out-dir' is empty: the ServerApp needs a run folder")
+    from fedlora.methods import METHODS
+
+    if METHODS[cfg.method.name].personal:
+        raise ValueError(f"method {cfg.method.name!r} keeps factors on each client between rounds, which needs "
+                         f"node-local state the Flower apps do not keep yet: run it with the in-process engine "
+                         f"(`fedlora run`)")
     run_dir = RunDir(settings.out_dir)
     run_dir.check_free()
     fed = build_federation(cfg, log=log.info)

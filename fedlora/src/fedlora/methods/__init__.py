@@ -19,6 +19,7 @@ fedex-lora             average + merge A, B        none
 flora                  fresh + merge   A, B        none (client ranks may differ)
 flexlora               symmetric       A, B        none (client ranks may differ)
 hetlora                sparsity_w.     A, B        none (client ranks may differ)
+fedsa-lora             average (A)     A, B        none (B stays on each client)
 =====================  ==============  ==========  ==========================================
 
 Server rules: `average` averages the trained factors separately (a frozen factor stays the
@@ -97,6 +98,7 @@ def build_method(cfg: MethodConfig, *, rank: int, scaling: float, family_clip_ta
         norm_restore=cfg.norm_restore,
         merges_base=preset.merges_base,
         takes_client_ranks=preset.takes_client_ranks,
+        personal=preset.personal,
         overrides=switches_set(cfg),
     )
 

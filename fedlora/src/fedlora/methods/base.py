@@ -63,6 +63,8 @@ class MethodPreset:
     merges_base: bool = False
     # Clients may train different LoRA ranks (federation.client_ranks): the method's paper defines it.
     takes_client_ranks: bool = False
+    # Factors each client keeps for itself ("B" for FedSA-LoRA): trained, never sent, never averaged.
+    personal: str = ""
 
     def __post_init__(self) -> None:
         check_trains(self.name, self.trains)
@@ -70,8 +72,9 @@ class MethodPreset:
 
 @dataclass(frozen=True)
 class RoundContext:
-    """What a layer rule may need besides the factors: the factors trained this round ("AB", "A"
-    or "B"), the round (1-based), the run's seed and the layer's index (for seeded draws)."""
+    """What a layer rule may need besides the factors: the factors the clients sent this round ("AB",
+    "A" or "B"; the others are the round's start), the round (1-based), the run's seed and the
+    layer's index (for seeded draws)."""
 
     trained: str = "AB"
     round_idx: int = 1
@@ -162,6 +165,7 @@ class Method:
     norm_restore: bool = True
     merges_base: bool = False
     takes_client_ranks: bool = False
+    personal: str = ""
     overrides: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -177,6 +181,11 @@ class Method:
     def trained(self, round_idx: int) -> str:
         """The factors clients train in round `round_idx` (1-based): "AB", "B" or "A"."""
         return self.trains[(round_idx - 1) % len(self.trains)]
+
+    def sent(self, round_idx: int) -> str:
+        """The factors clients send (and the server aggregates) in round `round_idx`: those they
+        trained, less their personal ones."""
+        return "".join(f for f in self.trained(round_idx) if f not in self.personal)
 
     @property
     def label(self) -> str:
@@ -196,10 +205,10 @@ class Method:
         and the round's start (`seed`: the run's, for rules that draw)."""
         weights = check_weights(weights, len(updates))
         check_same_layout(updates, start)
-        rule, trained = SERVER_RULES[self.server], self.trained(round_idx)
+        rule, sent = SERVER_RULES[self.server], self.sent(round_idx)
         lora = {
             name: rule([u.lora[name] for u in updates], weights, start.lora[name], self,
-                       RoundContext(trained, round_idx, seed, i))
+                       RoundContext(sent, round_idx, seed, i))
             for i, name in enumerate(start.lora)
         }
         head = {
