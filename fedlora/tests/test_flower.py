@@ -12,8 +12,9 @@ import torch
 from conftest import make_encoder, make_tokenizer, shared_file
 from fedlora.config import ConfigError, load_config
 from fedlora.engine import train_federation
-from fedlora.flower.records import arrays_to_state, read_result, result_content, state_to_arrays
+from fedlora.flower.records import ARRAYS, arrays_to_state, read_result, result_content, state_to_arrays
 from fedlora.flower.settings import FlowerSettings, parse_run_config, to_run_config
+from fedlora.methods import METHODS
 from fedlora.state import AdapterState, LoraFactors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,13 +173,27 @@ def test_only_the_trained_factor_is_sent_and_the_other_comes_from_the_start(sent
     record = state_to_arrays(trained, sent)
     assert not [k for k in record if k.endswith(f"::{kept}")]
     assert record.count_bytes() < state_to_arrays(trained).count_bytes()
-    content = result_content(ClientResult(trained, 1.25, 16, 4, 2, mean_penalty=0.5), client=2, trained=sent)
-    client, result = read_result(content, start)
+    content = result_content(ClientResult(trained, 1.25, 16, 4, 2, mean_penalty=0.5), client=2, sent=sent)
+    client, result = read_result(content, lambda c: start)
     assert client == 2 and result.examples == 16 and result.mean_loss == 1.25 and result.optimizer_steps == 2
     assert result.mean_penalty == 0.5
     for name in start.lora:
         assert torch.equal(getattr(result.state.lora[name], kept), getattr(start.lora[name], kept))
         assert torch.equal(getattr(result.state.lora[name], sent), getattr(trained.lora[name], sent))
+
+
+def test_a_lower_rank_client_sends_its_own_components_and_the_server_pads_them():
+    from fedlora.client import ClientResult
+
+    start, trained = random_state(0), random_state(1).truncated(2)
+    content = result_content(ClientResult(trained, 1.0, 4, 1, 1), client=0, sent="AB", rank=2)
+    lora = {k: t for k, t in content[ARRAYS].items() if k.startswith("lora::")}
+    assert all(t.shape[0 if k.endswith("::A") else 1] == 2 for k, t in lora.items())
+    _, result = read_result(content, lambda c: start.truncated(2), lambda c: 2)
+    for k, t in result.state.flat_dict().items():
+        assert torch.equal(t, trained.flat_dict()[k]), k
+    with pytest.raises(ValueError, match="has shape"):  # a reply cut to another rank is named
+        read_result(content, lambda c: start.truncated(3), lambda c: 3)
 
 
 def test_arrays_mismatch_names_the_tensor():
@@ -246,9 +261,10 @@ def test_certificates_verify_for_loopback(tmp_path):
 
 
 # -- the apps through the in-process grid ----------------------------------------------------
-@pytest.mark.parametrize("method", ["subspace", "fedsvd", "rolora", "flora"])
+@pytest.mark.parametrize("method", [m for m, preset in METHODS.items() if not preset.personal])
 def test_apps_reproduce_the_in_process_engine(setup, tmp_path, method):
-    cfg = tiny_config(setup, **{"method.name": method})
+    ranks = {"federation.client_ranks": [4, 1, 2]} if METHODS[method].takes_client_ranks else {}
+    cfg = tiny_config(setup, **{"method.name": method}, **ranks)
     train_federation(cfg, tmp_path / "engine")
     grid, summary = run_inline(cfg, tmp_path / "flower")
     assert summary["engine"] == "flower-simulation" and summary["clients_ever_failed"] == []
@@ -264,7 +280,8 @@ def test_apps_reproduce_the_in_process_engine(setup, tmp_path, method):
         times = sum(i in m["clients"] for m in engine)
         assert (record["rounds-participated"] if record else 0) == times
     for m in flower:  # clients send what they trained only; FLoRA's train message carries the merged base
-        smaller = method in ("fedsvd", "rolora") or (method == "flora" and m["round"] > 1)
+        smaller = (METHODS[method].trains != ("AB",) or METHODS[method].takes_client_ranks
+                   or (METHODS[method].merges_base and m["round"] > 1))
         assert (m["bytes_up_wire"] < m["bytes_down_wire"]) if smaller else (m["bytes_up_wire"] == m["bytes_down_wire"])
     for name in ("summary.json", "config.yaml", "partition.json", "adapter_final/adapter_config.json",
                  "checkpoint/global.safetensors"):

@@ -222,23 +222,23 @@ def test_unknown_server_rule_is_named_with_the_valid_ones():
 
 def with_base(state, seed):
     g = torch.Generator().manual_seed(seed)
-    base = {n: 0.1 * torch.randn(d_out, d_in, generator=g, dtype=torch.float32) for n, (d_out, d_in) in SHAPES.items()}
+    base = {n: 0.1 * torch.randn(d_out, d_in, generator=g, dtype=torch.float64) for n, (d_out, d_in) in SHAPES.items()}
     return AdapterState(lora=state.lora, head=state.head, base=base)
 
 
-@pytest.mark.parametrize("name", ["fedex-lora", "flora"])
-def test_merging_methods_make_the_global_model_the_exact_client_average(round_inputs, name):
+@pytest.mark.parametrize(("name", "ranks"), [("fedex-lora", (4, 4, 4)), ("flora", (4, 4, 4)), ("flora", (4, 2, 1))])
+def test_merging_methods_make_the_global_model_the_exact_client_average(round_inputs, name, ranks):
     updates, weights, start = round_inputs
     start = with_base(start, 9)
+    updates = [u.truncated(r) for u, r in zip(updates, ranks)]
     m = build_method(MethodConfig(name=name), rank=R, scaling=S, family_clip_tau=15.0)
     new = m.aggregate(updates, weights, start, round_idx=2, seed=5)
     for layer in SHAPES:
         # Effective weights (beyond W0): base + s B A. The clients' models share the start's base.
-        clients = sum(p * (start.base[layer].double() + S * u.lora[layer].B @ u.lora[layer].A)
+        clients = sum(p * (start.base[layer] + S * u.lora[layer].B @ u.lora[layer].A)
                       for p, u in zip(weights.tolist(), updates))
-        got = new.base[layer].double() + S * new.lora[layer].B.double() @ new.lora[layer].A.double()
-        # The merged base is kept in float32: rounding of O(1) entries, ~1e-7 relative.
-        torch.testing.assert_close(got, clients, rtol=0, atol=1e-5)
+        got = new.base[layer] + S * new.lora[layer].B @ new.lora[layer].A
+        torch.testing.assert_close(got, clients, rtol=0, atol=1e-10)  # float64 throughout
     if name == "fedex-lora":  # the factors are FedAvg's
         A = sum(p * u.lora["layer.q"].A for p, u in zip(weights.tolist(), updates))
         torch.testing.assert_close(new.lora["layer.q"].A, A, rtol=0, atol=1e-14)

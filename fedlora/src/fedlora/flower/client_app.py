@@ -84,7 +84,8 @@ def train(msg: Message, context: Context) -> Message:
     start = arrays_to_state(msg.content[ARRAYS])
     result = client_update(fed, start, round_idx, pid)
     _remember(context, trained=True, **{"last-round": round_idx, "last-loss": float(result.mean_loss)})
-    return Message(result_content(result, pid, fed.method.trained(round_idx)), reply_to=msg)
+    rank = fed.rank_of(pid) if fed.client_ranks else None  # a lower-rank client sends no padding
+    return Message(result_content(result, pid, fed.method.sent(round_idx), rank), reply_to=msg)
 
 
 @app.evaluate()

@@ -8,6 +8,8 @@ Message content layout (keys of the RecordDict):
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -20,21 +22,27 @@ ROUND_KEY, CLIENT_KEY = "server-round", "client"
 RESULT_FIELDS = ("mean_loss", "examples", "micro_batches", "optimizer_steps", "mean_penalty")
 
 
-def state_to_arrays(state: AdapterState, sent: str = "AB") -> ArrayRecord:
+def state_to_arrays(state: AdapterState, sent: str = "AB", rank: int | None = None) -> ArrayRecord:
     """ArrayRecord of the adapter (float tensors are sent bit-exact in their own dtype).
 
-    sent: the LoRA factors to include ("AB", "A" or "B"; a client sends those it trained)."""
+    sent: the LoRA factors to include ("AB", "A" or "B"; a client sends those it trained).
+    rank: send only the first `rank` components (a client of a lower rank sends no zero padding)."""
     record = ArrayRecord()
     for key, tensor in state.flat_dict().items():
-        if key.startswith("lora::") and key.rpartition("::")[2] not in sent:
-            continue
+        factor = key.rpartition("::")[2]
+        if key.startswith("lora::"):
+            if factor not in sent:
+                continue
+            if rank is not None:
+                tensor = tensor[:rank] if factor == "A" else tensor[:, :rank]
         record[key] = Array(tensor.detach().cpu().contiguous().numpy())
     return record
 
 
-def arrays_to_state(record: ArrayRecord, like: AdapterState | None = None) -> AdapterState:
+def arrays_to_state(record: ArrayRecord, like: AdapterState | None = None, rank: int | None = None) -> AdapterState:
     """AdapterState from an ArrayRecord; LoRA factors and merged base not sent are taken from `like`
-    (the start: clients send the factors they trained and never the base).
+    (the client's start: clients send the factors they trained and never the base). With `rank`,
+    LoRA factors arrive cut to their first `rank` components and are zero-padded to `like`'s shape.
 
     When `like` is given the keys and shapes must match it exactly, else a ValueError names them."""
     flat = {k: torch.from_numpy(np.array(v.numpy(), copy=True)) for k, v in record.items()}
@@ -44,6 +52,12 @@ def arrays_to_state(record: ArrayRecord, like: AdapterState | None = None) -> Ad
     for key, tensor in expected.items():
         if key not in flat and key.startswith(("lora::", "base::")):
             flat[key] = tensor.detach().clone()
+        elif rank is not None and key.startswith("lora::") and key in flat:
+            cut = tensor[:rank] if key.endswith("::A") else tensor[:, :rank]
+            if flat[key].shape == cut.shape:  # else the shape check below names it
+                padded = torch.zeros_like(tensor)
+                (padded[:rank] if key.endswith("::A") else padded[:, :rank]).copy_(flat[key])
+                flat[key] = padded
     missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
     if missing or extra:
         raise ValueError(f"adapter record does not match the global adapter: missing {missing[:5]}, "
@@ -69,7 +83,7 @@ def read_train_config(content: RecordDict) -> tuple[int, int]:
     return int(config[ROUND_KEY]), int(config[CLIENT_KEY])
 
 
-def result_content(result: ClientResult, client: int, trained: str) -> RecordDict:
+def result_content(result: ClientResult, client: int, sent: str, rank: int | None = None) -> RecordDict:
     """Client -> server: the trained adapter and the statistics of the local update."""
     metrics = MetricRecord({
         "client": client,
@@ -80,23 +94,26 @@ def result_content(result: ClientResult, client: int, trained: str) -> RecordDic
         "mean_penalty": float(result.mean_penalty),
         "num-examples": int(result.examples),  # the key Flower's strategies weight by
     })
-    return RecordDict({ARRAYS: state_to_arrays(result.state, trained), METRICS: metrics})
+    return RecordDict({ARRAYS: state_to_arrays(result.state, sent, rank), METRICS: metrics})
 
 
-def read_result(content: RecordDict, start: AdapterState) -> tuple[int, ClientResult]:
-    """(client index, ClientResult) from a train reply; A factors not sent are those of `start`."""
+def read_result(content: RecordDict, start_of: Callable[[int], AdapterState],
+                rank_of: Callable[[int], int | None] = lambda client: None) -> tuple[int, ClientResult]:
+    """(client index, ClientResult) from a train reply. Factors not sent are those of the client's
+    start, `start_of(client)`; factors sent cut to the client's rank, `rank_of(client)`, are padded."""
     if ARRAYS not in content or METRICS not in content:
         raise ValueError(f"train reply must hold {ARRAYS!r} and {METRICS!r}, got {sorted(content)}")
     metrics = content[METRICS]
     missing = [k for k in ("client", *RESULT_FIELDS) if k not in metrics]
     if missing:
         raise ValueError(f"train reply metrics lack {missing}")
-    state = arrays_to_state(content[ARRAYS], like=start)
+    client = int(metrics["client"])
+    state = arrays_to_state(content[ARRAYS], like=start_of(client), rank=rank_of(client))
     result = ClientResult(state=state, mean_loss=float(metrics["mean_loss"]), examples=int(metrics["examples"]),
                           micro_batches=int(metrics["micro_batches"]),
                           optimizer_steps=int(metrics["optimizer_steps"]),
                           mean_penalty=float(metrics["mean_penalty"]))
-    return int(metrics["client"]), result
+    return client, result
 
 
 def wire_bytes(record: ArrayRecord) -> int:

@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fedlora.engine import Federation, RunRecorder, build_federation, server_update
+from fedlora.engine import Federation, RunRecorder, build_federation, client_start, server_update
 from fedlora.flower.records import ARRAYS, METRICS, read_result, state_to_arrays, train_content, wire_bytes
 from fedlora.flower.settings import FlowerSettings, parse_run_config
 from fedlora.partition import sample_clients
@@ -160,7 +160,8 @@ class FedLoraStrategy(FedAvg):
                 failures[k] = f"error {reply.error.code}: {reply.error.reason}"
                 continue
             try:
-                client, result = read_result(reply.content, start)
+                client, result = read_result(reply.content, lambda c: client_start(self.fed, start, c),
+                                             lambda c: self.fed.rank_of(c) if self.fed.client_ranks else None)
                 if client != k:
                     raise ValueError(f"reply of client {k}'s node claims client {client}")
             except ValueError as err:

@@ -226,9 +226,9 @@ class Method:
 def merged_base(clients: list[LoraFactors], weights: Tensor, base: Tensor | None, new: LoraFactors,
                 scaling: float) -> Tensor:
     """base + sum_k p_k s B_k A_k - s B_g A_g: what the new global factors leave out of the clients'
-    average update, folded into the base weights (float64 sum, returned in float32)."""
+    average update, folded into the base weights (summed in float64, returned in the factors' dtype)."""
     f64 = torch.float64
     B_cat = torch.cat([f.B.to(f64) * p for f, p in zip(clients, weights.tolist())] + [-new.B.to(f64)], dim=1)
     A_cat = torch.cat([f.A.to(f64) for f in clients] + [new.A.to(f64)], dim=0)
     increment = scaling * (B_cat @ A_cat)
-    return (increment if base is None else base.to(f64) + increment).float()
+    return (increment if base is None else base.to(f64) + increment).to(new.A.dtype)
