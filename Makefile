@@ -12,7 +12,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export MPLBACKEND := Agg
 
-.PHONY: setup demo test bench lint reproduce reproduce-small report clean
+.PHONY: setup demo test bench lint reproduce reproduce-small reproduce-methods report clean
 
 setup: $(STAMP)
 
@@ -82,8 +82,18 @@ reproduce-small: $(STAMP)
 		--methods fedavg,svd,fedsvd,subspace --seeds 42,43,44 --set rounds=6 --set data.eval_size=100 --set threads=1 \
 		--out sweeps/cpu-minilm
 
+# Every registered method x 3 seeds on the demo's SmolLM2 setting, then the three methods that take
+# heterogeneous client ranks with ranks drawn from {2, 4, 8}: 48 runs, about 3 hours on 2 CPU cores.
+METHODS_CONFIG := fedlora/configs/methods-smollm2-135m.yaml
+reproduce-methods: $(STAMP)
+	$(VENV)/bin/fedlora sweep $(METHODS_CONFIG) --no-progress --seeds 42,43,44 --out sweeps/methods-smollm2-135m \
+		--methods $$($(VENV)/bin/fedlora methods --names)
+	$(VENV)/bin/fedlora sweep $(METHODS_CONFIG) --no-progress --seeds 42,43,44 --out sweeps/methods-client-ranks \
+		--methods flora,flexlora,hetlora --set 'federation.client_ranks={choices: [2, 4, 8], seed: 0}'
+
 # Reproduction pages in docs/results/ from finished (or partly finished) run folders.
-FEDLORA_SWEEPS ?= sweeps/drift-smollm2-135m sweeps/cpu-smollm2-135m sweeps/cpu-minilm
+FEDLORA_SWEEPS ?= sweeps/drift-smollm2-135m sweeps/methods-smollm2-135m sweeps/methods-client-ranks \
+                  sweeps/cpu-smollm2-135m sweeps/cpu-minilm
 HYPERUNMIX_BENCHES ?= runs/bench runs/bench-urban
 report: $(STAMP)
 	$(PY) -m fedlora.reproduction --sweeps $(FEDLORA_SWEEPS) --grid sweeps/drift-penalty-grid --out docs/results/fedlora.md

@@ -92,6 +92,7 @@ def test_methods_lists_the_registry():
     lines = result.output.splitlines()
     assert [line.split()[0] for line in lines] == list(METHODS)
     assert "server=average" in lines[list(METHODS).index("rolora")] and "trains=B/A" in result.output
+    assert runner.invoke(app, ["methods", "--names"]).output.strip() == ",".join(METHODS)
 
 
 def test_unknown_method_is_refused(tiny_args, tmp_path):

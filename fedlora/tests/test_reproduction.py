@@ -242,8 +242,9 @@ def test_cli_and_bad_input(sweep: Path, tmp_path: Path, capsys):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no run folders"):
         render([empty], tmp_path / "x.md")
-    with pytest.raises(SystemExit):
-        main(["--sweeps", str(tmp_path / "missing"), "--out", str(out)])
+    # A sweep folder that does not exist is a study not run yet: said, not fatal.
+    main(["--sweeps", str(sweep), str(tmp_path / "missing"), "--out", str(out)])
+    assert f"`{tmp_path / 'missing'}` does not exist: not run yet." in out.read_text()
 
 
 def test_orderings_equal_at_the_precision_shown_are_ties():

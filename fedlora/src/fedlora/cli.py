@@ -140,10 +140,13 @@ def report(sweep_dir: Path = typer.Argument(..., help="sweep folder")) -> None:
 
 
 @app.command()
-def methods() -> None:
+def methods(names: bool = typer.Option(False, "--names", help="only the names, comma-separated")) -> None:
     """List the registered methods: server rule, trained factors, client penalty."""
     from fedlora.methods import METHODS
 
+    if names:
+        typer.echo(",".join(METHODS))
+        return
     for preset in METHODS.values():
         p = preset.penalty
         penalty = f"mu={p.mu:g} a_b={p.a_b:g} lam={p.lam:g}" if p.active else "none"

@@ -630,6 +630,9 @@ def render(sweeps: list[str | Path], out: str | Path, grid: str | Path | None = 
     used: set[str] = set()
     sweep_runs = []
     for sweep_dir in sweeps:
+        if not Path(sweep_dir).is_dir():  # a study not run (yet) on this machine
+            lines += [f"## Sweep `{Path(sweep_dir).name}`", "", f"`{sweep_dir}` does not exist: not run yet.", ""]
+            continue
         runs = collect_runs(sweep_dir)
         sweep_runs += runs
         lines += sweep_section(Path(sweep_dir), runs, out, used)
