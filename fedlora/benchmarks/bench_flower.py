@@ -24,6 +24,7 @@ import fedlora.flower  # noqa: F401  (telemetry and update checks off before Flo
 from fedlora.config import load_config
 from fedlora.engine import build_federation, train_federation
 from fedlora.flower.run import flower_deploy, flower_simulate
+from fedlora.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SET = ["rounds=3", "federation.num_clients=3", "federation.fraction=0.67", "federation.min_client_size=4",
@@ -31,12 +32,11 @@ DEFAULT_SET = ["rounds=3", "federation.num_clients=3", "federation.fraction=0.67
 
 
 def round_stats(run: Path) -> dict:
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rounds = [m for m in metrics if m["round"] > 0]
-    per_round = [m["time_train_s"] + m["time_aggregate_s"] + m["time_geometry_s"] + m["time_eval_s"] for m in rounds]
-    return {"round_s": per_round, "train_wait_s": [m["time_train_s"] for m in rounds],
-            "clients_per_round": statistics.mean(len(m["clients"]) for m in rounds),
-            "final_accuracy": rounds[-1]["accuracy"], "final_loss": rounds[-1]["loss"]}
+    rounds = [m for m in RunDir(run).read_metrics() if m.round > 0]
+    per_round = [m.time_train_s + m.time_aggregate_s + m.time_geometry_s + m.time_eval_s for m in rounds]
+    return {"round_s": per_round, "train_wait_s": [m.time_train_s for m in rounds],
+            "clients_per_round": statistics.mean(len(m.clients) for m in rounds),
+            "final_accuracy": rounds[-1].accuracy, "final_loss": rounds[-1].loss}
 
 
 def timed(label: str, fn) -> dict:
@@ -44,7 +44,7 @@ def timed(label: str, fn) -> dict:
     summary = fn()
     wall = time.perf_counter() - t0
     print(f"  {label}: {wall:.1f} s", file=sys.stderr)
-    return {"wall_s": wall, "summary": summary}
+    return {"wall_s": wall, "summary": summary.to_json()}
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import subprocess
@@ -55,7 +56,7 @@ def tiny_config(model_dir, **overrides):
 
 
 def without_timing(metrics):
-    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]
+    return [{k: v for k, v in m.to_json().items() if k not in TIMING_KEYS} for m in metrics]
 
 
 @pytest.mark.parametrize("method", ["fedavg", "svd", "fedsvd", "subspace", "ffa-lora", "rolora", "fedex-lora",
@@ -69,15 +70,15 @@ def test_two_round_run_writes_every_output(tiny_model_dir, tmp_path, method):
     run = RunDir(out)
     assert run.is_complete
     metrics = run.read_metrics()
-    assert [m["round"] for m in metrics] == [1, 2]
+    assert [m.round for m in metrics] == [1, 2]
     for m in metrics:
-        assert 0.0 <= m["accuracy"] <= 1.0 and m["loss"] > 0
-        assert len(m["clients"]) == 2 and abs(sum(m["weights"]) - 1) < 1e-5
-        overlap = m["geometry"]["basis_overlap"]  # FLoRA restarts at B_g = 0: no global subspace
+        assert 0.0 <= m.accuracy <= 1.0 and m.loss > 0
+        assert len(m.clients) == 2 and abs(sum(m.weights) - 1) < 1e-5
+        overlap = m.geometry["basis_overlap"]  # FLoRA restarts at B_g = 0: no global subspace
         assert (overlap != overlap) if method == "flora" else (0.0 <= overlap <= 1.0 + 1e-6)
-        assert m["bytes_up"] > 0 and m["bytes_down"] > 0
-    assert summary["final_accuracy"] == metrics[-1]["accuracy"]
-    assert summary["best_accuracy"] == max(m["accuracy"] for m in metrics)
+        assert m.bytes_up > 0 and m.bytes_down > 0
+    assert summary.final_accuracy == metrics[-1].accuracy
+    assert summary.best_accuracy == max(m.accuracy for m in metrics)
     for name in ["config.yaml", "summary.json", "partition.json", "status.json",
                  "checkpoint/global.safetensors", "checkpoint/round.json",
                  "plots/accuracy.png", "plots/loss.png", "plots/overlap.png", "plots/cancellation.png"]:
@@ -93,7 +94,7 @@ def test_two_round_run_writes_every_output(tiny_model_dir, tmp_path, method):
     assert (b_norm == 0) == (method == "flora")
     # Clients that train one factor upload it only (+ head): fewer bytes up than a full adapter.
     if method in ("fedsvd", "ffa-lora", "rolora"):
-        assert metrics[0]["bytes_up"] < metrics[0]["bytes_down"]
+        assert metrics[0].bytes_up < metrics[0].bytes_down
     merges = method in ("fedex-lora", "flora")
     assert (out / "model_final").is_dir() == merges and (out / "adapter_best").is_dir() != merges
     if merges:
@@ -125,20 +126,20 @@ def test_resumed_run_matches_uninterrupted(tiny_model_dir, tmp_path, method):
 
     class StopAfterRound2(Progress):
         def report(self, record):
-            if record["round"] == 2:
+            if record.round == 2:
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         train_federation(cfg, tmp_path / "cut", log=lambda m: None, progress=StopAfterRound2(enabled=False))
     cut = RunDir(tmp_path / "cut")
     assert cut.status == "failed" and not cut.is_complete
-    assert [m["round"] for m in cut.read_metrics()] == [1, 2]
+    assert [m.round for m in cut.read_metrics()] == [1, 2]
     train_federation(None, tmp_path / "cut", resume=True, log=lambda m: None)
     full, resumed = RunDir(tmp_path / "full").read_metrics(), cut.read_metrics()
     assert without_timing(resumed) == without_timing(full)
     assert_same_eval_items(cut, RunDir(tmp_path / "full"))
     summary = cut.read_summary()
-    assert summary["best_accuracy"] == RunDir(tmp_path / "full").read_summary()["best_accuracy"]
+    assert summary.best_accuracy == RunDir(tmp_path / "full").read_summary().best_accuracy
 
 
 def test_zero_penalty_is_bit_identical_to_server_only(tiny_model_dir, tmp_path):
@@ -146,19 +147,18 @@ def test_zero_penalty_is_bit_identical_to_server_only(tiny_model_dir, tmp_path):
     server_only = tiny_config(tiny_model_dir, **{"method.name": "subspace-server-only"})
     train_federation(zero, tmp_path / "zero", log=lambda m: None)
     train_federation(server_only, tmp_path / "server", log=lambda m: None)
-    a = without_timing(RunDir(tmp_path / "zero").read_metrics())
-    b = without_timing(RunDir(tmp_path / "server").read_metrics())
-    assert a == b
+    a = RunDir(tmp_path / "zero").read_metrics()
+    assert without_timing(a) == without_timing(RunDir(tmp_path / "server").read_metrics())
     # ...and the penalty does change the run when it is on.
     train_federation(tiny_config(tiny_model_dir, **{"method.mu": 50.0}), tmp_path / "on", log=lambda m: None)
-    c = without_timing(RunDir(tmp_path / "on").read_metrics())
-    assert [m["client_loss"] for m in c] != [m["client_loss"] for m in a]
+    c = RunDir(tmp_path / "on").read_metrics()
+    assert [m.client_loss for m in c] != [m.client_loss for m in a]
     # Drift records: a penalty share only where a penalty is on; every client moved.
     for m in a[1:]:
-        assert m["penalty_share"] == 0.0 and m["client_penalty"] == [0.0] * len(m["clients"])
-        assert len(m["client_update_norm"]) == len(m["clients"]) and min(m["client_update_norm"]) > 0
+        assert m.penalty_share == 0.0 and m.client_penalty == [0.0] * len(m.clients)
+        assert len(m.client_update_norm) == len(m.clients) and min(m.client_update_norm) > 0
     for m in c[1:]:
-        assert 0 < m["penalty_share"] < 1 and min(m["client_penalty"]) > 0
+        assert 0 < m.penalty_share < 1 and min(m.client_penalty) > 0
 
 
 def assert_same_eval_items(a: RunDir, b: RunDir) -> None:
@@ -178,12 +178,12 @@ def test_per_item_eval_records_match_the_metrics(tiny_model_dir, tmp_path):
     assert sorted(rounds) == [0, 2, 3]  # zero-shot, every 2nd round, and always the last
     assert labels.shape == (16,) and all(v.shape == (16, 4) for v in rounds.values())
     for m in run.read_metrics():
-        if m["accuracy"] is None:
+        if m.accuracy is None:
             continue
         # The items are stored in the eval subset's order, the metrics summed in length-sorted batches:
         # the same numbers up to float32 scores and summation order (1e-6 relative).
-        assert item_correct(rounds[m["round"]], labels).mean() == m["accuracy"]
-        assert item_losses(rounds[m["round"]], labels).mean() == pytest.approx(m["loss"], rel=1e-6)
+        assert item_correct(rounds[m.round], labels).mean() == m.accuracy
+        assert item_losses(rounds[m.round], labels).mean() == pytest.approx(m.loss, rel=1e-6)
     assert not np.array_equal(rounds[0], rounds[3])  # training changed the scores
 
 
@@ -244,11 +244,11 @@ def test_heterogeneous_ranks_run_end_to_end(tiny_model_dir, tmp_path, method):
     train_federation(full, tmp_path / "full", log=lambda m: None)
     same_rank = RunDir(tmp_path / "full").read_metrics()
     for m, f in zip(metrics, same_rank):
-        assert m["client_ranks"] == [ranks[k] for k in m["clients"]] and f["client_ranks"] == [4] * len(f["clients"])
+        assert m.client_ranks == [ranks[k] for k in m.clients] and f.client_ranks == [4] * len(f.clients)
         # Lower-rank clients send their own components only.
-        assert m["bytes_up"] < f["bytes_up"] or min(m["client_ranks"]) == 4
-        assert all(x > 0 for x in m["client_update_norm"]) and 0 <= m["accuracy"] <= 1
-        overlap = m["geometry"]["basis_overlap"]
+        assert m.bytes_up < f.bytes_up or min(m.client_ranks) == 4
+        assert all(x > 0 for x in m.client_update_norm) and 0 <= m.accuracy <= 1
+        overlap = m.geometry["basis_overlap"]
         assert (overlap != overlap) if method == "flora" else 0 <= overlap <= 1 + 1e-6  # FLoRA's B_g = 0: nan
 
 
@@ -262,10 +262,10 @@ def test_personal_b_stays_on_each_client_and_is_scored_on_its_held_out_items(tin
     state, _ = run.load_checkpoint()
     personal = run.load_personal()
     assert not any(f.B.any() for f in state.lora.values())  # the server never holds a B
-    assert sorted(personal) == sorted({k for m in metrics[1:] for k in m["clients"]})
-    assert all(0 <= m["heldout_accuracy"] <= 1 and m["heldout_loss"] > 0 for m in metrics)
+    assert sorted(personal) == sorted({k for m in metrics[1:] for k in m.clients})
+    assert all(0 <= m.heldout_accuracy <= 1 and m.heldout_loss > 0 for m in metrics)
     for m in metrics[1:]:  # clients send A (+ head) only
-        assert m["bytes_up"] < m["bytes_down"]
+        assert m.bytes_up < m.bytes_down
     # Held-out items are drawn from each client's own partition and never trained on.
     fed = build_federation(cfg, log=lambda m: None)
     sizes = [c["size"] for c in json.loads((tmp_path / "run" / "partition.json").read_text())["clients"]]
@@ -325,9 +325,9 @@ def test_real_offline_model_completes_a_round(model, tmp_path):
         "train.max_local_steps": 1, "eval.batch_size": 8})
     summary = train_federation(cfg, tmp_path / "run", log=lambda m: None)
     metrics = RunDir(tmp_path / "run").read_metrics()
-    assert len(metrics) == 1 and len(metrics[0]["clients"]) == 2
-    assert 0.0 <= summary["final_accuracy"] <= 1.0 and 0.5 < summary["final_loss"] < 3.0
-    assert metrics[0]["geometry"]["basis_overlap"] > 0.5
+    assert len(metrics) == 1 and len(metrics[0].clients) == 2
+    assert 0.0 <= summary.final_accuracy <= 1.0 and 0.5 < summary.final_loss < 3.0
+    assert metrics[0].geometry["basis_overlap"] > 0.5
     family = "encoder" if model.startswith("gt-") else "decoder"
     adapter_cfg = json.loads((tmp_path / "run" / "adapter_final" / "adapter_config.json").read_text())
     expected = {"query", "key", "value", "dense"} if family == "encoder" else {"q_proj", "v_proj", "down_proj"}
@@ -343,7 +343,7 @@ class StopAfterRound(Progress):
         self.stop = stop
 
     def report(self, record):
-        if record["round"] == self.stop:
+        if record.round == self.stop:
             raise KeyboardInterrupt
 
 
@@ -439,7 +439,7 @@ def test_second_writer_is_refused_and_a_dead_holder_frees_the_folder(tiny_model_
         holder.kill()  # SIGKILL: the kernel releases the lock, the lock file stays behind
         holder.wait()
     train_federation(None, cut.path, resume=True, log=lambda m: None)
-    assert [m["round"] for m in cut.read_metrics()] == [1, 2]
+    assert [m.round for m in cut.read_metrics()] == [1, 2]
 
 
 def test_outputs_follow_the_umask(tiny_model_dir, tmp_path):
@@ -458,3 +458,36 @@ def test_outputs_follow_the_umask(tiny_model_dir, tmp_path):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o640, name
     for name in (".", "checkpoint", "adapter_best", "adapter_final", "plots"):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o750, name
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    ({"privacy.enabled": True, "method.name": "fedavg"}, "needs federation.weighting: uniform"),
+    ({"privacy.enabled": True, "federation.weighting": "uniform", "method.name": "hetlora"},
+     "method 'hetlora' has no differentially private form"),
+    ({"privacy.enabled": True, "federation.weighting": "uniform", "method.name": "subspace"},
+     "set privacy.clipping: server"),
+])
+def test_bad_privacy_settings_fail_at_config_validation(tiny_model_dir, overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        tiny_config(tiny_model_dir, **overrides)
+
+
+@pytest.mark.parametrize(("method", "clipping"), [("fedavg", "client"), ("subspace", "server")])
+def test_private_runs_report_epsilon_and_the_no_op_limit_matches_the_plain_run(tiny_model_dir, tmp_path, method,
+                                                                                clipping):
+    common = {"method.name": method, "federation.weighting": "uniform", "rounds": 3}
+    dp = {"privacy.enabled": True, "privacy.clipping": clipping}
+    train_federation(tiny_config(tiny_model_dir, **common, **dp, **{"privacy.noise_multiplier": 1.0,
+                                                                    "privacy.clipping_norm": 0.5}),
+                     tmp_path / "dp", log=lambda m: None)
+    eps = [m.privacy_epsilon for m in RunDir(tmp_path / "dp").read_metrics()]
+    assert 0 < eps[0] < eps[1] < eps[2] < math.inf
+    train_federation(tiny_config(tiny_model_dir, **common), tmp_path / "plain", log=lambda m: None)
+    train_federation(tiny_config(tiny_model_dir, **common, **dp, **{"privacy.noise_multiplier": 0.0,
+                                                                    "privacy.clipping_norm": math.inf}),
+                     tmp_path / "noop", log=lambda m: None)
+    plain, noop = RunDir(tmp_path / "plain").read_metrics(), RunDir(tmp_path / "noop").read_metrics()
+    for a, b in zip(plain, noop):  # the same run up to float32 rounding of the private path
+        assert a.clients == b.clients
+        assert b.accuracy == pytest.approx(a.accuracy, abs=1 / 16 + 1e-9)  # at most one eval item flips
+        assert b.loss == pytest.approx(a.loss, abs=1e-4)

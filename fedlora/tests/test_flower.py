@@ -15,6 +15,8 @@ from fedlora.engine import train_federation
 from fedlora.flower.records import ARRAYS, arrays_to_state, read_result, result_content, state_to_arrays
 from fedlora.flower.settings import FlowerSettings, parse_run_config, to_run_config
 from fedlora.methods import METHODS
+from fedlora.records import RoundRecord
+from fedlora.rundir import RunDir
 from fedlora.state import AdapterState, LoraFactors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,10 +49,10 @@ def comparable(metrics: list[dict]) -> list[dict]:
     """The per-round numbers both engines must agree on (timings and Flower extras left out)."""
     keep = ("round", "clients", "weights", "accuracy", "loss", "client_loss", "examples_trained", "bytes_up",
             "bytes_down")
-    return [{**{k: m.get(k) for k in keep}, **{k: m["geometry"][k] for k in GEOMETRY_KEYS}} for m in metrics]
+    return [{**{k: getattr(m, k) for k in keep}, **{k: m.geometry[k] for k in GEOMETRY_KEYS}} for m in metrics]
 
 
-def assert_same_run(flower: list[dict], engine: list[dict], tol: float = 1e-6) -> None:
+def assert_same_run(flower: list[RoundRecord], engine: list[RoundRecord], tol: float = 1e-6) -> None:
     a, b = comparable(flower), comparable(engine)
     assert [m["round"] for m in a] == [m["round"] for m in b]
     for x, y in zip(a, b):
@@ -61,8 +63,8 @@ def assert_same_run(flower: list[dict], engine: list[dict], tol: float = 1e-6) -
                 assert x[key] == value, (x["round"], key)
 
 
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+def read_metrics(run: Path) -> list[RoundRecord]:
+    return RunDir(run).read_metrics()
 
 
 @pytest.fixture(scope="module")
@@ -267,25 +269,36 @@ def test_apps_reproduce_the_in_process_engine(setup, tmp_path, method):
     cfg = tiny_config(setup, **{"method.name": method}, **ranks)
     train_federation(cfg, tmp_path / "engine")
     grid, summary = run_inline(cfg, tmp_path / "flower")
-    assert summary["engine"] == "flower-simulation" and summary["clients_ever_failed"] == []
+    assert summary.engine == "flower-simulation" and summary.clients_ever_failed == []
     flower, engine = read_metrics(tmp_path / "flower"), read_metrics(tmp_path / "engine")
     assert_same_run(flower, engine, tol=0.0)  # same process, same code path: bit-identical
-    assert [m["failed_clients"] for m in flower] == [[], []]
+    assert [m.failed_clients for m in flower] == [[], []]
     # every node was asked for its partition once; only sampled clients trained
     assert sorted(n for n, t in grid.sent if t == "query") == sorted(grid.node_ids)
-    assert sum(t == "train" for _, t in grid.sent) == sum(len(m["clients"]) for m in engine)
+    assert sum(t == "train" for _, t in grid.sent) == sum(len(m.clients) for m in engine)
     # client-private state counts the rounds each node trained
     for i, node in enumerate(grid.node_ids):
         record = grid.contexts[node].state.config_records.get("fedlora-client")
-        times = sum(i in m["clients"] for m in engine)
+        times = sum(i in m.clients for m in engine)
         assert (record["rounds-participated"] if record else 0) == times
     for m in flower:  # clients send what they trained only; FLoRA's train message carries the merged base
         smaller = (METHODS[method].trains != ("AB",) or METHODS[method].takes_client_ranks
-                   or (METHODS[method].merges_base and m["round"] > 1))
-        assert (m["bytes_up_wire"] < m["bytes_down_wire"]) if smaller else (m["bytes_up_wire"] == m["bytes_down_wire"])
+                   or (METHODS[method].merges_base and m.round > 1))
+        assert (m.bytes_up_wire < m.bytes_down_wire) if smaller else (m.bytes_up_wire == m.bytes_down_wire)
     for name in ("summary.json", "config.yaml", "partition.json", "adapter_final/adapter_config.json",
                  "checkpoint/global.safetensors"):
         assert (tmp_path / "flower" / name).is_file(), name
+
+
+@pytest.mark.parametrize(("method", "clipping"), [("fedavg", "client"), ("svd", "server")])
+def test_private_runs_are_the_same_on_flower(setup, tmp_path, method, clipping):
+    cfg = tiny_config(setup, **{"method.name": method, "federation.weighting": "uniform", "privacy.enabled": True,
+                                "privacy.clipping": clipping, "privacy.clipping_norm": 0.5})
+    train_federation(cfg, tmp_path / "engine")
+    run_inline(cfg, tmp_path / "flower")
+    flower, engine = read_metrics(tmp_path / "flower"), read_metrics(tmp_path / "engine")
+    assert_same_run(flower, engine, tol=0.0)  # clipping and seeded noise in the code both engines share
+    assert [m.privacy_epsilon for m in flower] == [m.privacy_epsilon for m in engine]
 
 
 def test_personalized_methods_are_refused_before_anything_is_written(setup, tmp_path):
@@ -302,11 +315,11 @@ def test_crashed_and_silent_clients_are_left_out_and_recorded(setup, tmp_path):
     cfg = tiny_config(setup, **{"federation.fraction": 1.0, "method.name": "svd"})
     _, summary = run_inline(cfg, tmp_path / "run", broken=[1], silent=[2])
     metrics = read_metrics(tmp_path / "run")
-    assert summary["clients_ever_failed"] == [1, 2]
+    assert summary.clients_ever_failed == [1, 2]
     for m in metrics:
-        assert m["sampled_clients"] == [0, 1, 2] and m["clients"] == [0] and m["failed_clients"] == [1, 2]
-        assert m["weights"] == [1.0]
-        assert "simulated crash" in m["failure_reasons"]["1"] and "round-timeout" in m["failure_reasons"]["2"]
+        assert m.sampled_clients == [0, 1, 2] and m.clients == [0] and m.failed_clients == [1, 2]
+        assert m.weights == [1.0]
+        assert "simulated crash" in m.failure_reasons["1"] and "round-timeout" in m.failure_reasons["2"]
     # the aggregate is exactly the package's server update over the replies that arrived
     fed = build_federation(cfg, log=lambda _: None)
     from fedlora.engine import client_update
@@ -315,7 +328,7 @@ def test_crashed_and_silent_clients_are_left_out_and_recorded(setup, tmp_path):
     start = initial_state(fed.model, cfg.seed)
     assert sample_clients(cfg.seed, 1, 3, 1.0) == [0, 1, 2]
     _, record = server_update(fed, start, 1, [0], [client_update(fed, start, 1, 0)], 0.0)
-    assert metrics[0]["accuracy"] == record["accuracy"] and metrics[0]["loss"] == pytest.approx(record["loss"], abs=0)
+    assert metrics[0].accuracy == record.accuracy and metrics[0].loss == pytest.approx(record.loss, abs=0)
 
 
 def test_too_few_replies_fail_the_run_clearly(setup, tmp_path):
@@ -338,14 +351,14 @@ def test_client_evaluation_scores_the_global_on_local_data(setup, tmp_path):
     cfg = tiny_config(setup, rounds=1)
     grid, _ = run_inline(cfg, tmp_path / "run", client_eval=True)
     record = read_metrics(tmp_path / "run")[0]
-    assert record["client_eval"]["clients"] == record["clients"]
+    assert record.client_eval["clients"] == record.clients
     fed = build_federation(cfg, log=lambda _: None)
     write_state(fed.model, AdapterState.from_flat_dict(load_file(str(tmp_path / "run" / "checkpoint" /
                                                                    "global.safetensors"))))
-    scores = [evaluate(fed.model, fed.family, fed.client_data[k], 16) for k in record["clients"]]
+    scores = [evaluate(fed.model, fed.family, fed.client_data[k], 16) for k in record.clients]
     n = sum(s["n"] for s in scores)
-    assert record["client_eval"]["accuracy"] == pytest.approx(sum(s["accuracy"] * s["n"] for s in scores) / n)
-    assert sum(t == "evaluate" for _, t in grid.sent) == len(record["clients"])
+    assert record.client_eval["accuracy"] == pytest.approx(sum(s["accuracy"] * s["n"] for s in scores) / n)
+    assert sum(t == "evaluate" for _, t in grid.sent) == len(record.clients)
 
 
 def test_nodes_claiming_the_same_partition_are_refused(setup, tmp_path):

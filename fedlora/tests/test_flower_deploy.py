@@ -36,10 +36,10 @@ def test_simulation_matches_the_in_process_engine(setup, tmp_path, method):
     cfg = tiny_config(setup, **{"method.name": method})
     train_federation(cfg, tmp_path / "engine")
     summary = flower_simulate(cfg, tmp_path / "flower", timeout_s=400, log=lambda _: None)
-    assert summary["engine"] == "flower-simulation"
+    assert summary.engine == "flower-simulation"
     engine = json.loads((tmp_path / "engine" / "summary.json").read_text())
     for key in ("best_accuracy", "final_accuracy", "final_loss", "basis_overlap", "basis_overlap_code"):
-        assert summary[key] == pytest.approx(engine[key], abs=1e-6), key
+        assert getattr(summary, key) == pytest.approx(engine[key], abs=1e-6), key
     assert_same_run(read_metrics(tmp_path / "flower"), read_metrics(tmp_path / "engine"), tol=1e-6)
     assert (tmp_path / "flower" / "flower-logs" / "superlink.log").is_file()
 
@@ -101,7 +101,7 @@ def test_tls_auth_refuses_strangers_and_survives_a_killed_supernode(setup, tmp_p
     assert killed, "round 1 never finished"
     first, second = read_metrics(out)
     assert_same_run([first], read_metrics(tmp_path / "engine")[:1], tol=1e-6)
-    assert first["failed_clients"] == [] and second["failed_clients"] == [2]
-    assert second["clients"] == [0, 1] and sum(second["weights"]) == pytest.approx(1.0, abs=1e-5)
+    assert first.failed_clients == [] and second.failed_clients == [2]
+    assert second.clients == [0, 1] and sum(second.weights) == pytest.approx(1.0, abs=1e-5)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["clients_ever_failed"] == [2] and summary["rounds"] == 2

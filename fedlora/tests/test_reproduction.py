@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from fedlora.config import RunConfig, dump_config
+from fedlora.records import RoundRecord
 from fedlora.reproduction import INTERPRETATION, main, render
 from fedlora.rundir import RunDir
 from fedlora.summary import summarize
@@ -81,7 +82,8 @@ def write_run(folder: Path, method: str, seed: int, recorded: bool = True, switc
         for r in range(done + 1):
             RunDir(folder).write_eval_items(r, item_scores(method, seed, r, cell), ITEM_LABELS)
     if status == "complete":
-        summary = {"method": method, "seed": seed, "model": cfg.model.name, **summarize(metrics),
+        summary = {"method": method, "seed": seed, "model": cfg.model.name,
+                   **summarize([RoundRecord.from_json(m) for m in metrics]),
                    "wall_s": 10.0 + seed + OFFSET[method]}
         (folder / "summary.json").write_text(json.dumps(summary))
 

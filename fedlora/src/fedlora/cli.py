@@ -76,7 +76,7 @@ def run(config: Path = typer.Argument(..., help="YAML config"),
     except user_errors() as err:
         _fail(err)
     _log(f"run folder: {out}")
-    typer.echo(_summary_line(summary))
+    typer.echo(summary.line())
 
 
 @app.command()
@@ -94,7 +94,7 @@ def resume(run_dir: Path = typer.Argument(..., help="run folder to continue"),
                                    progress=Progress(enabled=progress, console=console))
     except user_errors() as err:
         _fail(err)
-    typer.echo(_summary_line(summary))
+    typer.echo(summary.line())
 
 
 @app.command()
@@ -164,12 +164,6 @@ def _mount_flower() -> None:
 
 
 _mount_flower()
-
-
-def _summary_line(s: dict) -> str:
-    return (f"{s['method']} seed {s['seed']}: best acc {s['best_accuracy']:.4f} (round {s['best_round']}), "
-            f"final acc {s['final_accuracy']:.4f}, final loss {s['final_loss']:.4f}, "
-            f"overlap {s['basis_overlap']} / code {s['basis_overlap_code']}")
 
 
 def main() -> None:  # pragma: no cover

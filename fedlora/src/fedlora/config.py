@@ -95,8 +95,9 @@ class FederationConfig(Section):
     partition: Literal["dirichlet", "iid"] = "dirichlet"
     dirichlet_alpha: float = Field(0.3, gt=0)
     min_client_size: int = Field(8, ge=1)
-    # p_k from partition sizes (reference) or from examples actually trained this round.
-    weighting: Literal["partition", "trained"] = "partition"
+    # p_k from partition sizes (reference), from examples actually trained this round, or 1/n
+    # (what differential privacy calibrates its noise to).
+    weighting: Literal["partition", "trained", "uniform"] = "partition"
     # Heterogeneous LoRA ranks: one per client (a list), or a seeded draw; None: every client
     # trains lora.r. Each rank is at most lora.r, the global adapter's (see partition.client_ranks).
     client_ranks: list[int] | RankDraw | None = None
@@ -155,6 +156,17 @@ class MethodConfig(Section):
         return server
 
 
+class PrivacySection(Section):
+    """Client-level central differential privacy (see privacy.py). Off unless `enabled`; with
+    noise_multiplier 0 and an infinite clipping_norm it only changes the rounding."""
+
+    enabled: bool = False
+    noise_multiplier: float = Field(1.0, ge=0)  # Gaussian std / (clipping_norm / n)
+    clipping_norm: float = Field(1.0, gt=0)  # L2 bound on one client's contribution (inf: no clipping)
+    clipping: Literal["client", "server"] = "client"  # where contributions are clipped
+    delta: float = Field(1e-5, gt=0, lt=1)  # epsilon is reported at this delta
+
+
 class EvalConfig(Section):
     batch_size: int = Field(16, gt=0)
     every: int = Field(1, gt=0)  # evaluate every n rounds (and always the last)
@@ -176,6 +188,7 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     method: MethodConfig = MethodConfig()
     eval: EvalConfig = EvalConfig()
+    privacy: PrivacySection = PrivacySection()
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -199,6 +212,21 @@ class RunConfig(Section):
                              f"{self.federation.min_client_size}: every client keeps items to train on")
         from fedlora.methods import METHODS  # the registry imports this module
 
+        if self.privacy.enabled:
+            aggregates = METHODS[self.method.name].aggregates
+            if aggregates == "other":
+                able = [n for n, p in METHODS.items() if p.aggregates != "other"]
+                raise ValueError(f"method {self.method.name!r} has no differentially private form (its server reads "
+                                 f"more than a mean of clipped updates); methods that do: {', '.join(able)}")
+            if aggregates == "products" and self.privacy.clipping == "client":
+                raise ValueError(f"method {self.method.name!r} aggregates the products s B_k A_k, which a client "
+                                 f"cannot clip through its factors: set privacy.clipping: server")
+            if self.federation.client_ranks is not None:
+                raise ValueError("privacy.enabled with federation.client_ranks is not supported: a client's "
+                                 "contribution would be measured from its truncated start")
+            if self.federation.weighting != "uniform":
+                raise ValueError("privacy.enabled needs federation.weighting: uniform (the noise is calibrated "
+                                 "to one client's weight 1/n)")
         if METHODS[self.method.name].personal and not holdout:
             raise ValueError(f"method {self.method.name!r} keeps factors on each client: it is scored by the "
                              f"clients' own models on their held-out items; set federation.client_holdout > 0")

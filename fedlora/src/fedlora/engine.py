@@ -28,7 +28,9 @@ from fedlora.methods import Method, build_method
 from fedlora.models import add_lora, initial_state, load_base, resolve_device
 from fedlora.partition import Partition, client_ranks, make_partition, partition_stats, sample_clients, split_holdout
 from fedlora.precision import resolve_precision
+from fedlora.privacy import clip_factors, epsilon_after, private_aggregate
 from fedlora.progress import Progress
+from fedlora.records import RoundRecord, RunSummary
 from fedlora.rundir import RunDir
 from fedlora.scoring import encode
 from fedlora.state import AdapterState, weighted_sum
@@ -141,7 +143,9 @@ def zero_shot(fed: Federation, state: AdapterState) -> tuple[dict, np.ndarray, n
 
 
 def aggregation_weights(fed: Federation, clients: list[int], results: list[ClientResult]) -> torch.Tensor:
-    if fed.cfg.federation.weighting == "trained":
+    if fed.cfg.federation.weighting == "uniform":
+        n = [1] * len(results)
+    elif fed.cfg.federation.weighting == "trained":
         n = [r.examples for r in results]
     else:
         n = [len(fed.client_items[k]) for k in clients]
@@ -199,22 +203,30 @@ def client_update(fed: Federation, state: AdapterState, round_idx: int, client: 
                           trained=fed.method.trained(round_idx))
     if fed.method.personal:  # kept on the client for its next round; never sent
         fed.personal[client] = {n: f.B for n, f in result.state.lora.items()}
+    privacy = fed.cfg.privacy
+    if privacy.enabled and privacy.clipping == "client":  # what the client sends is clipped
+        result.state = clip_factors(result.state, client_start(fed, state, client), fed.method.sent(round_idx),
+                                    privacy.clipping_norm)
     return result
 
 
 def server_update(fed: Federation, state: AdapterState, round_idx: int, clients: list[int],
-                  results: list[ClientResult], time_train_s: float) -> tuple[AdapterState, dict]:
+                  results: list[ClientResult], time_train_s: float) -> tuple[AdapterState, RoundRecord]:
     """Aggregate the replies of `clients`, measure geometry, evaluate: the new global and the
-    round's metrics record. Shared by the in-process engine and the Flower server.
+    round's record. Shared by the in-process engine and the Flower server.
 
-    On an evaluated round the record carries `eval_items` (per-item scores, labels): arrays, not
-    JSON; `RunRecorder.record_round` moves them to eval_items.npz."""
+    On an evaluated round the record carries the per-item scores and labels (arrays, not JSON);
+    `RunRecorder.record_round` moves them to eval_items.npz."""
     cfg = fed.cfg
     t1 = time.perf_counter()
     weights = aggregation_weights(fed, clients, results)
     updates = [r.state for r in results]
     # Contiguous, as a checkpoint reloads it: identical memory layout keeps resumed runs bit-exact.
-    new_state = fed.method.aggregate(updates, weights, state, round_idx, cfg.seed).map_tensors(torch.Tensor.contiguous)
+    if cfg.privacy.enabled:
+        new_state = private_aggregate(fed.method, updates, state, round_idx, cfg.seed, cfg.privacy)
+    else:
+        new_state = fed.method.aggregate(updates, weights, state, round_idx, cfg.seed)
+    new_state = new_state.map_tensors(torch.Tensor.contiguous)
     t2 = time.perf_counter()
     ranks = [fed.rank_of(k) for k in clients]
     geometry = round_geometry(updates, weights, state, new_state, cfg.lora.scaling,
@@ -225,35 +237,37 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
     scores, item_scores, labels = evaluate_state(fed, global_view(fed, new_state)) if evaluated else ({}, None, None)
     heldout = heldout_scores(fed, new_state) if evaluated and fed.holdout_data else {}
     t4 = time.perf_counter()
-    record = {
-        "round": round_idx,
-        "clients": clients,
-        "weights": [round(w, 6) for w in weights.tolist()],
-        "accuracy": scores.get("accuracy"),
-        "loss": scores.get("loss"),
+    record = RoundRecord(
+        round=round_idx,
+        accuracy=scores.get("accuracy"),
+        loss=scores.get("loss"),
         **heldout,
-        "client_loss": float(sum(r.mean_loss for r in results) / len(results)),
+        clients=clients,
+        weights=[round(w, 6) for w in weights.tolist()],
+        client_loss=float(sum(r.mean_loss for r in results) / len(results)),
         # Client drift: ||dW_k - dW_start||_F per client, and the penalty's share of its objective.
-        "client_update_norm": update_norms(updates, [client_start(fed, state, k) for k in clients], cfg.lora.scaling),
-        "client_penalty": [r.mean_penalty for r in results],
-        "penalty_share": float(np.mean([r.mean_penalty / (r.mean_loss + r.mean_penalty) for r in results])),
-        "client_ranks": ranks,
-        "examples_trained": [r.examples for r in results],
-        "optimizer_steps": [r.optimizer_steps for r in results],
-        "time_train_s": time_train_s,
-        "time_aggregate_s": t2 - t1,
-        "time_geometry_s": t3 - t2,
-        "time_eval_s": t4 - t3,
-        "bytes_up": sum(upload_bytes(u, fed.method.sent(round_idx), r) for u, r in zip(updates, ranks)),
-        "bytes_down": len(clients) * state.nbytes(),
-        "geometry": geometry,
-    }
-    if evaluated:
-        record["eval_items"] = (item_scores, labels)
+        client_update_norm=update_norms(updates, [client_start(fed, state, k) for k in clients], cfg.lora.scaling),
+        client_penalty=[r.mean_penalty for r in results],
+        penalty_share=float(np.mean([r.mean_penalty / (r.mean_loss + r.mean_penalty) for r in results])),
+        client_ranks=ranks,
+        examples_trained=[r.examples for r in results],
+        optimizer_steps=[r.optimizer_steps for r in results],
+        time_train_s=time_train_s,
+        time_aggregate_s=t2 - t1,
+        time_geometry_s=t3 - t2,
+        time_eval_s=t4 - t3,
+        bytes_up=sum(upload_bytes(u, fed.method.sent(round_idx), r) for u, r in zip(updates, ranks)),
+        bytes_down=len(clients) * state.nbytes(),
+        geometry=geometry,
+        privacy_epsilon=epsilon_after(cfg.privacy, round_idx, len(clients), cfg.federation.num_clients)
+        if cfg.privacy.enabled else None,
+        _eval_items=(item_scores, labels) if evaluated else None,
+    )
     return new_state, record
 
 
-def run_round(fed: Federation, state: AdapterState, round_idx: int, progress: Progress) -> tuple[AdapterState, dict]:
+def run_round(fed: Federation, state: AdapterState, round_idx: int,
+              progress: Progress) -> tuple[AdapterState, RoundRecord]:
     """One in-process round: the sampled clients train one after another on the shared model."""
     cfg = fed.cfg
     clients = sample_clients(cfg.seed, round_idx, cfg.federation.num_clients, cfg.federation.fraction)
@@ -300,31 +314,32 @@ class RunRecorder:
                 scores, item_scores, labels = zero_shot(fed, self.state)
                 run_dir.write_eval_items(0, item_scores, labels)
                 heldout = heldout_scores(fed, self.state) if fed.holdout_data else {}
-                self._append({"round": 0, **scores, **heldout})
+                self._append(RoundRecord(round=0, **scores, **heldout))
 
-    def _append(self, record: dict) -> None:
+    def _append(self, record: RoundRecord) -> None:
         self.metrics.append(record)
         self.run_dir.append_metrics(record)
 
     def wall_s(self) -> float:
         return self.elapsed + time.perf_counter() - self.started
 
-    def record_round(self, state: AdapterState, record: dict) -> None:
+    def record_round(self, state: AdapterState, record: RoundRecord) -> None:
         self.state = state
-        if "eval_items" in record:  # before the checkpoint: a kill in between replays this round
-            self.run_dir.write_eval_items(record["round"], *record.pop("eval_items"))
+        if record._eval_items is not None:  # before the checkpoint: a kill in between replays this round
+            self.run_dir.write_eval_items(record.round, *record._eval_items)
+            record._eval_items = None
         self._append(record)
-        acc = record["accuracy"]
+        acc = record.accuracy
         if acc is not None and acc > self.best["accuracy"]:
-            self.best = {"accuracy": acc, "round": record["round"]}
+            self.best = {"accuracy": acc, "round": record.round}
             # A merging method's adapter alone is not its model (model_final is, at the end).
             if not self.fed.method.merges_base:
                 save_peft_adapter(self.fed.model, state, self.run_dir.path / "adapter_best")
-        self.run_dir.save_checkpoint(state, {"round": record["round"], "best": self.best,
+        self.run_dir.save_checkpoint(state, {"round": record.round, "best": self.best,
                                              "wall_s": self.wall_s()}, personal=self.fed.personal)
-        self.next_round = record["round"] + 1
+        self.next_round = record.round + 1
 
-    def finish(self, **extra) -> dict:
+    def finish(self, **extra) -> RunSummary:
         from fedlora.plots import plot_run  # matplotlib only when a run finishes
 
         cfg = self.fed.cfg
@@ -332,15 +347,15 @@ class RunRecorder:
         method = self.fed.method
         if method.merges_base:  # the adapter alone is not the model: export the merged weights too
             save_merged_model(self.fed.model, self.state, self.fed.tokenizer, self.run_dir.path / "model_final")
-        summary = {"method": method.label, "method_spec": method.spec(), "seed": cfg.seed, "model": cfg.model.name,
-                   **summarize(self.metrics), "wall_s": self.wall_s(), "machine": machine_facts(), **extra}
+        summary = RunSummary(method=method.label, method_spec=method.spec(), seed=cfg.seed, model=cfg.model.name,
+                             **summarize(self.metrics), wall_s=self.wall_s(), machine=machine_facts(), **extra)
         plot_run(self.metrics, self.run_dir.path / "plots", title=f"{method.label} seed {cfg.seed}")
         self.run_dir.write_summary(summary)
         return summary
 
 
 def train_federation(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
-                     overwrite: bool = False, log: Log = print, progress: Progress | None = None) -> dict:
+                     overwrite: bool = False, log: Log = print, progress: Progress | None = None) -> RunSummary:
     """Run (or, with resume=True, continue) one federated run in the folder `out`.
 
     The run folder is locked while this runs: a second process writing it is refused.

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedlora.files import atomic_open  # noqa: E402
+from fedlora.records import RoundRecord  # noqa: E402
 
 FAMILIES = {
     "accuracy": [("accuracy", "eval accuracy")],
@@ -37,10 +38,9 @@ def _reference_lines(ax, key: str, zero_shot: list[float]) -> None:
                    label=f"zero-shot ({np.mean(zero_shot):.3f})")
 
 
-def _value(record: dict, key: str):
-    if key in record:
-        return record[key]
-    return (record.get("geometry") or {}).get(key)
+def _value(record: RoundRecord, key: str):
+    """A record's field, or one of its geometry values."""
+    return getattr(record, key) if hasattr(record, key) else record.geometry_value(key)
 
 
 def _save(fig, path: Path) -> None:
@@ -53,17 +53,18 @@ def _save(fig, path: Path) -> None:
         plt.close(fig)
 
 
-def plot_run(metrics: list[dict], folder: Path, title: str = "") -> list[Path]:
+def plot_run(metrics: list[RoundRecord], folder: Path, title: str = "") -> list[Path]:
     written = []
     rounds_data = metrics  # round 0 (zero-shot, when evaluated) starts the accuracy and loss lines
     for family, series in FAMILIES.items():
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
         for key, label in series:
-            pts = [(m["round"], _value(m, key)) for m in rounds_data if _value(m, key) is not None]
+            pts = [(m.round, _value(m, key)) for m in rounds_data if _value(m, key) is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", ms=3, label=label)
         if family in CHANCE:
-            _reference_lines(ax, family, [m[family] for m in metrics if m["round"] == 0 and m.get(family) is not None])
+            _reference_lines(ax, family, [_value(m, family) for m in metrics
+                                          if m.round == 0 and _value(m, family) is not None])
         ax.set_xlabel("round")
         ax.set_title(f"{title} {family}".strip())
         ax.legend(fontsize=8)
@@ -73,7 +74,7 @@ def plot_run(metrics: list[dict], folder: Path, title: str = "") -> list[Path]:
     return written
 
 
-def plot_comparison(runs: list[tuple[str, list[dict]]], folder: Path, model: str = "") -> list[Path]:
+def plot_comparison(runs: list[tuple[str, list[RoundRecord]]], folder: Path, model: str = "") -> list[Path]:
     """`runs` = (method, metrics) pairs; plots the mean over seeds per method and round."""
     written = []
     for key, label in [("accuracy", "eval accuracy"), ("loss", "eval loss"),
@@ -86,8 +87,8 @@ def plot_comparison(runs: list[tuple[str, list[dict]]], folder: Path, model: str
             for m in metrics:
                 v = _value(m, key)
                 if v is not None:  # round 0 (zero-shot) starts the line and sets the zero-shot level
-                    per_method[method][m["round"]].append(v)
-                    if m["round"] == 0:
+                    per_method[method][m.round].append(v)
+                    if m.round == 0:
                         zero_shot.append(v)
         if not per_method:
             continue

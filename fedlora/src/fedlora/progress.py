@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 
+from fedlora.records import RoundRecord
+
 
 class Progress:
     def __init__(self, enabled: bool = True, console: Console | None = None, label: str = ""):
@@ -40,10 +42,10 @@ class Progress:
             self._bar.advance(task)
         self._bar.remove_task(task)
 
-    def report(self, record: dict) -> None:
-        if self._bar and record.get("accuracy") is not None:
-            geo = record.get("geometry") or {}
-            info = f"acc {record['accuracy']:.3f} loss {record['loss']:.4f}"
-            if geo.get("basis_overlap") is not None:
-                info += f" overlap {geo['basis_overlap']:.4f}"
+    def report(self, record: RoundRecord) -> None:
+        if self._bar and record.evaluated:
+            info = f"acc {record.accuracy:.3f} loss {record.loss:.4f}"
+            overlap = record.geometry_value("basis_overlap")
+            if overlap is not None:
+                info += f" overlap {overlap:.4f}"
             self._bar.update(self._round_task, info=info)

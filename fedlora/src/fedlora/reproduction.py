@@ -98,7 +98,7 @@ def collect_runs(sweep_dir: str | Path) -> list[dict]:
         run = RunDir(config.parent)
         cfg = run.load_config()
         metrics = run.read_metrics()
-        done = max((m["round"] for m in metrics if m["round"] > 0), default=0)
+        done = max((m.round for m in metrics if m.round > 0), default=0)
         record = {"model": cfg.model.name, "method": variant_label(cfg.method), "seed": cfg.seed, "config": cfg,
                   "run_dir": config.parent.relative_to(sweep_dir).as_posix(), "path": config.parent.as_posix(),
                   "status": run.status, "rounds_done": done, "rounds_planned": cfg.rounds, "metrics": metrics,
@@ -118,7 +118,7 @@ def unfinished_label(run: dict) -> str:
 
 
 def _value(run: dict, key: str) -> float | None:
-    return None if run["summary"] is None else _num(run["summary"].get(key))
+    return None if run["summary"] is None else _num(getattr(run["summary"], key, None))
 
 
 def _by_model_method(runs: list[dict]) -> dict[str, dict[str, list[dict]]]:
@@ -169,7 +169,7 @@ def per_run_table(methods: dict[str, list[dict]]) -> list[str]:
             else:
                 wall = _value(run, "wall_s")
                 cells = [_fmt(_value(run, key), digits) for _, key, digits in columns]
-                cells += [str(run["summary"].get("best_round", "n/a")), _fmt(wall, 1)]
+                cells += [str(run["summary"].best_round), _fmt(wall, 1)]
             rows.append([method_label(method), str(run["seed"]), run["status"], *cells])
     header = ["Method", "Seed", "Status", *(c[0] for c in columns), "Best round", "Wall (s)"]
     return _table(header, rows)
@@ -196,8 +196,8 @@ GEOMETRY_COLUMNS = [("Mean principal angle (deg)", "principal_angle_mean_deg", 2
 
 
 def last_geometry(run: dict) -> dict:
-    rounds = [m for m in run["metrics"] if m["round"] > 0 and m.get("geometry")]
-    return rounds[-1]["geometry"] if rounds else {}
+    rounds = [m for m in run["metrics"] if m.round > 0 and m.geometry]
+    return rounds[-1].geometry if rounds else {}
 
 
 def geometry_table(methods: dict[str, list[dict]]) -> list[str]:
@@ -424,21 +424,21 @@ DRIFT_COLUMNS = [("Drift, mean over rounds", "mean", 3), ("Drift, round 1", "fir
 def drift_values(run: dict) -> dict[str, float]:
     """Mean client drift over rounds and clients, in round 1 and in the last round, and the mean
     penalty share over rounds; only the keys the run's metrics carry."""
-    rounds = [m for m in run["metrics"] if m["round"] > 0 and m.get("client_update_norm")]
-    shares = [m["penalty_share"] for m in run["metrics"] if m["round"] > 0 and m.get("penalty_share") is not None]
+    rounds = [m for m in run["metrics"] if m.round > 0 and m.client_update_norm]
+    shares = [m.penalty_share for m in run["metrics"] if m.round > 0 and m.penalty_share is not None]
     values = {}
     if rounds:
-        values["mean"] = float(np.mean(np.concatenate([m["client_update_norm"] for m in rounds])))
-        values["last"] = float(np.mean(rounds[-1]["client_update_norm"]))
-        if rounds[0]["round"] == 1:
-            values["first"] = float(np.mean(rounds[0]["client_update_norm"]))
+        values["mean"] = float(np.mean(np.concatenate([m.client_update_norm for m in rounds])))
+        values["last"] = float(np.mean(rounds[-1].client_update_norm))
+        if rounds[0].round == 1:
+            values["first"] = float(np.mean(rounds[0].client_update_norm))
     if shares:
         values["share"] = float(np.mean(shares))
     return values
 
 
 def drift_table(methods: dict[str, list[dict]]) -> list[str]:
-    if not any(m.get("client_update_norm") for rs in methods.values() for r in rs for m in r["metrics"]):
+    if not any(m.client_update_norm for rs in methods.values() for r in rs for m in r["metrics"]):
         return ["Client drift is not recorded in these runs (metrics.jsonl has no `client_update_norm`).", ""]
     rows = []
     for method, runs in methods.items():

@@ -45,6 +45,7 @@ from fedlora.files import (
     swapped_folder_exists,
 )
 from fedlora.lock import LOCK_NAME, folder_lock
+from fedlora.records import RoundRecord, RunSummary
 from fedlora.state import AdapterState
 
 # Folders replaced whole after each round or at the end (see files.swap_folder).
@@ -129,13 +130,13 @@ class RunDir:
         return (self.path / "summary.json").is_file() and self.status == "complete"
 
     # -- per round ---------------------------------------------------------------------------
-    def append_metrics(self, record: dict) -> None:
+    def append_metrics(self, record: RoundRecord) -> None:
         with open(self.path / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(record.to_json()) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
-    def _parse_metrics(self) -> tuple[list[dict], bool]:
+    def _parse_metrics(self) -> tuple[list[RoundRecord], bool]:
         """(records, whether a torn last line was skipped).
 
         A last line without its newline that does not parse is a record cut by a kill (or
@@ -150,27 +151,27 @@ class RunDir:
         for lineno, line in enumerate(lines, start=1):
             if line.strip():
                 try:
-                    records.append(json.loads(line))
-                except ValueError as err:  # JSON and UTF-8 errors alike
+                    records.append(RoundRecord.from_json(json.loads(line)))
+                except (ValueError, TypeError) as err:  # JSON, UTF-8 and field errors alike
                     raise RunDirError(f"{file}:{lineno}: damaged metrics line ({err})") from None
         if tail.strip():
             try:
-                records.append(json.loads(tail))
-            except ValueError:
+                records.append(RoundRecord.from_json(json.loads(tail)))
+            except (ValueError, TypeError):
                 return records, True
         return records, False
 
-    def read_metrics(self) -> list[dict]:
+    def read_metrics(self) -> list[RoundRecord]:
         return self._parse_metrics()[0]
 
-    def truncate_metrics(self, last_round: int, log: Callable[[str], Any] = print) -> list[dict]:
+    def truncate_metrics(self, last_round: int, log: Callable[[str], Any] = print) -> list[RoundRecord]:
         """Keep the rounds up to `last_round` (those the checkpoint covers); drop the rest."""
         records, torn = self._parse_metrics()
         if torn:
             log(f"{self.path / 'metrics.jsonl'}: dropped a partly written last line (the run was "
                 "interrupted while writing it); the checkpoint's rounds are kept")
-        kept = [m for m in records if m["round"] <= last_round]
-        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
+        kept = [m for m in records if m.round <= last_round]
+        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(m.to_json()) + "\n" for m in kept))
         return kept
 
     def write_eval_items(self, round_idx: int, scores: np.ndarray, labels: np.ndarray) -> None:
@@ -263,12 +264,17 @@ class RunDir:
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_json(self.path / name, obj)
 
-    def write_summary(self, summary: dict) -> None:
-        atomic_write_json(self.path / "summary.json", summary)
+    def write_summary(self, summary: RunSummary) -> None:
+        atomic_write_json(self.path / "summary.json", summary.to_json())
         self.set_status("complete")
 
-    def read_summary(self) -> dict:
-        return read_json(self.path / "summary.json", "run summary")
+    def read_summary(self) -> RunSummary:
+        file = self.path / "summary.json"
+        data = read_json(file, "run summary")
+        try:
+            return RunSummary.from_json(data)
+        except (ValueError, TypeError) as err:
+            raise RunDirError(f"{file} is damaged ({err})") from None
 
 
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

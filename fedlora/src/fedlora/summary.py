@@ -12,6 +12,7 @@ import numpy as np
 
 from fedlora.files import atomic_write_text
 from fedlora.methods import method_label, method_order
+from fedlora.records import RoundRecord
 from fedlora.rundir import RunDir
 from fedlora.stats import accuracy_difference, item_correct, item_losses, loss_difference
 
@@ -38,29 +39,26 @@ TABLE_COLUMNS = [
 HELDOUT_COLUMN = ("Final held-out acc (clients' own models)", "final_heldout_accuracy", 3)
 
 
-def summarize(metrics: list[dict]) -> dict:
-    """Best/final/mean-last-5 accuracy, final loss and final geometry of one run."""
-    evals = [m for m in metrics if m.get("accuracy") is not None and m["round"] > 0]
+def summarize(metrics: list[RoundRecord]) -> dict:
+    """Best/final/mean-last-5 accuracy, final loss and final geometry of one run (RunSummary fields)."""
+    evals = [m for m in metrics if m.evaluated and m.round > 0]
     if not evals:
         raise ValueError("no evaluated round to summarise")
-    best = max(evals, key=lambda m: m["accuracy"])  # first round reaching the best
+    best = max(evals, key=lambda m: m.accuracy)  # first round reaching the best
     last = metrics[-1]
-    geometry = last.get("geometry") or {}
-    zero = next((m for m in metrics if m["round"] == 0), None)
+    zero = next((m for m in metrics if m.round == 0), None)
     return {
-        "best_accuracy": best["accuracy"],
-        "best_round": best["round"],
-        "final_accuracy": evals[-1]["accuracy"],
-        "mean_last5_accuracy": float(np.mean([m["accuracy"] for m in evals[-5:]])),
-        "final_loss": evals[-1]["loss"],
-        # federation.client_holdout: each client's own model on its held-out items (mean over clients)
-        "final_heldout_accuracy": evals[-1].get("heldout_accuracy"),
-        "basis_overlap": geometry.get("basis_overlap"),
-        "basis_overlap_code": geometry.get("basis_overlap_code"),
-        "cancellation_ratio_delta": geometry.get("cancellation_ratio_delta"),
-        "zero_shot_accuracy": zero["accuracy"] if zero else None,
-        "rounds": last["round"],
-        "geometry_average": "equal weight over LoRA layers, then over sampled clients",
+        "best_accuracy": best.accuracy,
+        "best_round": best.round,
+        "final_accuracy": evals[-1].accuracy,
+        "mean_last5_accuracy": float(np.mean([m.accuracy for m in evals[-5:]])),
+        "final_loss": evals[-1].loss,
+        "final_heldout_accuracy": evals[-1].heldout_accuracy,
+        "basis_overlap": last.geometry_value("basis_overlap"),
+        "basis_overlap_code": last.geometry_value("basis_overlap_code"),
+        "cancellation_ratio_delta": last.geometry_value("cancellation_ratio_delta"),
+        "zero_shot_accuracy": zero.accuracy if zero else None,
+        "rounds": last.round,
     }
 
 

@@ -69,7 +69,7 @@ def collect(sweep_dir: Path) -> list[dict]:
         row = {"model": cfg.model.name, "method": variant_label(cfg.method), "seed": cfg.seed,
                "run_dir": str(config.parent.relative_to(sweep_dir)), "status": run.status}
         if run.is_complete:
-            summary = run.read_summary()
+            summary = run.read_summary().to_json()
             row.update(summary, **{k: v for k, v in summary.get("method_spec", {}).items() if k in SPEC_COLUMNS})
             row["status"] = "complete"
         rows.append(row)

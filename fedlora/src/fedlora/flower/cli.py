@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from fedlora.cli import _fail, _log, user_errors
+from fedlora.records import RunSummary
 
 flower_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                          help="Run fedlora on Flower: local simulation or SuperLink + SuperNodes on 127.0.0.1.")
@@ -26,12 +27,9 @@ def _setup(config: Path, set_: Optional[List[str]], out: Optional[Path], kind: s
     return cfg, out
 
 
-def _report(summary: dict, out: Path) -> None:
+def _report(summary: RunSummary, out: Path) -> None:
     _log(f"run folder: {out}")
-    typer.echo(f"{summary['method']} seed {summary['seed']} ({summary['engine']}): best acc "
-               f"{summary['best_accuracy']:.4f} (round {summary['best_round']}), final acc "
-               f"{summary['final_accuracy']:.4f}, final loss {summary['final_loss']:.4f}, overlap "
-               f"{summary['basis_overlap']}, failed clients {summary.get('clients_ever_failed', [])}")
+    typer.echo(summary.line())
 
 
 SET = typer.Option(None, "--set", help="override, e.g. method.name=fedsvd")

@@ -12,6 +12,7 @@ from fedlora.config import RunConfig
 from fedlora.files import atomic_write_json
 from fedlora.flower.deploy import LocalFederation, RunStatus, write_app
 from fedlora.flower.settings import FlowerSettings, to_run_config
+from fedlora.records import RunSummary
 from fedlora.rundir import RunDir
 
 Log = Callable[[str], None]
@@ -25,14 +26,14 @@ def _settings(engine: str, out: Path, **overrides) -> FlowerSettings:
     return FlowerSettings(engine=engine, out_dir=str(out), **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _finish(fl: LocalFederation, status: RunStatus, out: Path, timings: dict, log: Log) -> dict:
+def _finish(fl: LocalFederation, status: RunStatus, out: Path, timings: dict, log: Log) -> RunSummary:
     run_dir = RunDir(out)
     if out.exists():  # keep the Flower logs and timings beside the results
         shutil.copytree(fl.procs.log_dir, out / "flower-logs", dirs_exist_ok=True)
         atomic_write_json(out / "flower-logs" / "timings.json", {**fl.timings, **timings,
                                                                  "status": status.status})
     if not status.completed:
-        error = run_dir.read_summary() if run_dir.is_complete else (
+        error = run_dir.read_summary().to_json() if run_dir.is_complete else (
             (out / "status.json").read_text() if (out / "status.json").is_file() else "no run folder written")
         raise FlowerRunFailed(f"Flower run {status.run_id} ended {status.status} ({status.details}); "
                               f"run folder status: {error}; logs: {out / 'flower-logs'}")
@@ -43,7 +44,7 @@ def _finish(fl: LocalFederation, status: RunStatus, out: Path, timings: dict, lo
 
 
 def _execute(fl: LocalFederation, cfg: RunConfig, settings: FlowerSettings, out: Path, timeout_s: float,
-             federation_config: dict | None, on_poll, log: Log) -> dict:
+             federation_config: dict | None, on_poll, log: Log) -> RunSummary:
     app_dir = write_app(fl.workdir / "app")
     t0 = time.perf_counter()
     run_id = fl.submit(app_dir, to_run_config(cfg, settings), federation_config)
@@ -59,7 +60,7 @@ def _prepare(out: str | Path) -> Path:
 
 
 def flower_simulate(cfg: RunConfig, out: str | Path, *, timeout_s: float = 3600.0, cpus_per_client: int = 1,
-                    log: Log = print, **settings) -> dict:
+                    log: Log = print, **settings) -> RunSummary:
     """Run `cfg` on Flower's simulation engine (one virtual SuperNode per client)."""
     out = _prepare(out)
     settings_obj = _settings("flower-simulation", out, **settings)
@@ -72,7 +73,7 @@ def flower_simulate(cfg: RunConfig, out: str | Path, *, timeout_s: float = 3600.
 
 def flower_deploy(cfg: RunConfig, out: str | Path, *, nodes: int | None = None, tls: bool = False,
                   auth: bool = False, timeout_s: float = 3600.0, log: Log = print,
-                  on_poll: Callable[[LocalFederation], None] | None = None, **settings) -> dict:
+                  on_poll: Callable[[LocalFederation], None] | None = None, **settings) -> RunSummary:
     """Run `cfg` on a local deployment: one SuperLink and one SuperNode per client."""
     nodes = cfg.federation.num_clients if nodes is None else nodes
     if nodes != cfg.federation.num_clients:

@@ -22,6 +22,7 @@ from fedlora.engine import Federation, RunRecorder, build_federation, client_sta
 from fedlora.flower.records import ARRAYS, METRICS, read_result, state_to_arrays, train_content, wire_bytes
 from fedlora.flower.settings import FlowerSettings, parse_run_config
 from fedlora.partition import sample_clients
+from fedlora.records import RunSummary
 from fedlora.rundir import RunDir
 from fedlora.state import AdapterState
 
@@ -177,15 +178,13 @@ class FedLoraStrategy(FedAvg):
             raise RoundFailed(f"round {server_round}: {len(ok)} of {len(self._sampled)} sampled clients replied, "
                               f"min-replies={self.settings.min_replies}; failures: {failures}")
         new_state, record = server_update(self.fed, start, server_round, ok, [results[k] for k in ok], time_train)
-        record.update({
-            "sampled_clients": self._sampled,
-            "failed_clients": sorted(failures),
-            "failure_reasons": {str(k): v for k, v in sorted(failures.items())},
-            "bytes_up_wire": wire_up,
-            "bytes_down_wire": len(self._sampled) * wire_bytes(state_to_arrays(start)),
-        })
+        record.sampled_clients = self._sampled
+        record.failed_clients = sorted(failures)
+        record.failure_reasons = {str(k): v for k, v in sorted(failures.items())}
+        record.bytes_up_wire = wire_up
+        record.bytes_down_wire = len(self._sampled) * wire_bytes(state_to_arrays(start))
         self._pending = (new_state, record)
-        metrics = MetricRecord({"client_loss": float(record["client_loss"]), "replies": len(ok)})
+        metrics = MetricRecord({"client_loss": float(record.client_loss), "replies": len(ok)})
         return state_to_arrays(new_state), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -195,7 +194,7 @@ class FedLoraStrategy(FedAvg):
         state = self._pending[0]
         return [Message(RecordDict({ARRAYS: state_to_arrays(state)}), dst_node_id=self.node_of_client[k],
                         message_type=MessageType.EVALUATE, group_id=str(server_round))
-                for k in self._pending[1]["clients"]]
+                for k in self._pending[1].clients]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Close the round: add the clients' own scores (if asked for) and record it."""
@@ -207,15 +206,15 @@ class FedLoraStrategy(FedAvg):
             n = sum(float(s["num-examples"]) for s in scores)
             out = MetricRecord({key: sum(float(s[key]) * float(s["num-examples"]) for s in scores) / n
                                 for key in ("accuracy", "loss")})
-            record["client_eval"] = {"accuracy": out["accuracy"], "loss": out["loss"],
-                                     "clients": sorted(int(s["client"]) for s in scores)}
+            record.client_eval = {"accuracy": out["accuracy"], "loss": out["loss"],
+                                  "clients": sorted(int(s["client"]) for s in scores)}
         self.recorder.record_round(new_state, record)
-        log.info("round %d: accuracy %s loss %s failed %s", server_round, record["accuracy"], record["loss"],
-                 record["failed_clients"])
+        log.info("round %d: accuracy %s loss %s failed %s", server_round, record.accuracy, record.loss,
+                 record.failed_clients)
         return out
 
 
-def run_server(grid: Grid, cfg, settings: FlowerSettings) -> dict:
+def run_server(grid: Grid, cfg, settings: FlowerSettings) -> RunSummary:
     """The whole Flower run on the server side; writes the run folder at settings.out_dir."""
     if not settings.out_dir:
         raise ValueError("Flower run config key 'out-dir' is empty: the ServerApp needs a run folder")
@@ -238,7 +237,7 @@ def run_server(grid: Grid, cfg, settings: FlowerSettings) -> dict:
             strategy = FedLoraStrategy(fed, settings, recorder, node_of_client)
             strategy.start(grid=polling, initial_arrays=state_to_arrays(recorder.state), num_rounds=cfg.rounds,
                            timeout=settings.round_timeout_s)
-            failed = sorted({k for m in recorder.metrics for k in m.get("failed_clients", [])})
+            failed = sorted({k for m in recorder.metrics for k in m.failed_clients or []})
             return recorder.finish(engine=settings.engine,
                                    nodes={str(k): n for k, n in sorted(node_of_client.items())},
                                    node_discovery_s=discovery_s, clients_ever_failed=failed)

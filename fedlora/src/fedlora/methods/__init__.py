@@ -99,6 +99,7 @@ def build_method(cfg: MethodConfig, *, rank: int, scaling: float, family_clip_ta
         merges_base=preset.merges_base,
         takes_client_ranks=preset.takes_client_ranks,
         personal=preset.personal,
+        aggregates=preset.aggregates,
         overrides=switches_set(cfg),
     )
 

@@ -65,9 +65,14 @@ class MethodPreset:
     takes_client_ranks: bool = False
     # Factors each client keeps for itself ("B" for FedSA-LoRA): trained, never sent, never averaged.
     personal: str = ""
+    # What the server rule reads of the clients' updates, for differential privacy (privacy.py):
+    # "factors" (a mean of the sent tensors), "products" (sum_k p_k s B_k A_k) or "other".
+    aggregates: str = "other"
 
     def __post_init__(self) -> None:
         check_trains(self.name, self.trains)
+        if self.aggregates not in ("factors", "products", "other"):
+            raise ValueError(f"method {self.name!r}: aggregates must be factors, products or other")
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,7 @@ class Method:
     merges_base: bool = False
     takes_client_ranks: bool = False
     personal: str = ""
+    aggregates: str = "other"
     overrides: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -200,11 +206,13 @@ class Method:
                 "clip_tau": self.clip_tau if math.isfinite(self.clip_tau) else None}  # None: no clipping
 
     def aggregate(self, updates: list[AdapterState], weights: Tensor, start: AdapterState,
-                  round_idx: int = 1, seed: int = 0) -> AdapterState:
+                  round_idx: int = 1, seed: int = 0, check_layout: bool = True) -> AdapterState:
         """New global adapter from the clients' adapters of round `round_idx`, weights p_k (sum 1)
-        and the round's start (`seed`: the run's, for rules that draw)."""
+        and the round's start (`seed`: the run's, for rules that draw). `check_layout=False` lets
+        privacy.py pass a dense pseudo-client (B = D / s, A = I)."""
         weights = check_weights(weights, len(updates))
-        check_same_layout(updates, start)
+        if check_layout:
+            check_same_layout(updates, start)
         rule, sent = SERVER_RULES[self.server], self.sent(round_idx)
         lora = {
             name: rule([u.lora[name] for u in updates], weights, start.lora[name], self,

@@ -10,6 +10,7 @@ PRESET = MethodPreset(
     name="fedavg",
     server="average",
     summary="A_g = sum p_k A_k, B_g = sum p_k B_k; no client penalty",
+    aggregates="factors",
     label="FedAvg",
 )
 register(PRESET)

@@ -16,6 +16,7 @@ PRESET = MethodPreset(
     server="average",
     personal="B",
     summary="A_g = sum p_k A_k; each client keeps its own B (never sent)",
+    aggregates="factors",
     label="FedSA-LoRA",
 )
 register(PRESET)

@@ -12,6 +12,7 @@ PRESET = MethodPreset(
     server="fedsvd",
     trains=("B",),
     summary="clients train B only; B_bar = sum p_k B_k, factorize(s B_bar A_prev, orthogonal_a)",
+    aggregates="factors",
     label="FedSVD",
 )
 register(PRESET)

@@ -13,6 +13,7 @@ PRESET = MethodPreset(
     server="average",
     trains=("B",),
     summary="A frozen at its initialization; B_g = sum p_k B_k (exact)",
+    aggregates="factors",
     label="FFA-LoRA",
 )
 register(PRESET)

@@ -13,6 +13,7 @@ PRESET = MethodPreset(
     server="symmetric",
     takes_client_ranks=True,
     summary="factorize(sum p_k s B_k A_k, symmetric); client k trains the top r_k components",
+    aggregates="products",
     label="FlexLoRA",
 )
 register(PRESET)

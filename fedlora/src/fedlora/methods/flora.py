@@ -23,6 +23,7 @@ PRESET = MethodPreset(
     merges_base=True,
     takes_client_ranks=True,
     summary="base += s [p_1 B_1 ... p_K B_K][A_1; ...; A_K] (exact, any ranks); next round from fresh LoRA",
+    aggregates="products",
     label="FLoRA",
 )
 register(PRESET)

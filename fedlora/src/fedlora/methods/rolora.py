@@ -14,6 +14,7 @@ PRESET = MethodPreset(
     server="average",
     trains=("B", "A"),
     summary="round 1, 3, ...: train and average B; round 2, 4, ...: train and average A (exact)",
+    aggregates="factors",
     label="RoLoRA",
 )
 register(PRESET)

@@ -13,6 +13,7 @@ PRESET = MethodPreset(
     server="orthogonal_b",
     penalty=SUBSPACE_PENALTY,
     summary="factorize(sum p_k s B_k A_k, orthogonal_b) + client penalty mu=0.05, a_B=0.01, lam=1e-5",
+    aggregates="products",
     label="Subspace-Reg",
 )
 
@@ -20,11 +21,13 @@ PRESET = MethodPreset(
 SERVER_ONLY = MethodPreset(
     name="subspace-server-only",
     server="orthogonal_b",
+    aggregates="products",
     summary="Subspace-Reg server rule, no client penalty",
 )
 PENALTY_ONLY = MethodPreset(
     name="fedavg-penalty",
     server="average",
+    aggregates="factors",
     penalty=SUBSPACE_PENALTY,
     summary="FedAvg server rule + the Subspace-Reg client penalty",
 )

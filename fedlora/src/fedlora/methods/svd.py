@@ -12,6 +12,7 @@ PRESET = MethodPreset(
     name="svd",
     server="symmetric",
     summary="D = sum p_k s B_k A_k, factorize(D, symmetric); no client penalty",
+    aggregates="products",
     label="SVD",
 )
 register(PRESET)

@@ -1,0 +1,130 @@
+"""Client-level central differential privacy: clipping, Gaussian noise and accounting.
+
+Every sampled client's contribution is clipped to L2 norm `clipping_norm` (C) and the server adds
+Gaussian noise of standard deviation noise_multiplier * C / n to the mean of the n contributions
+(Flower's `compute_stdv`), then the method's server rule post-processes that one noisy mean.
+What a contribution is depends on what the method's server rule reads (`MethodPreset.aggregates`):
+
+- "factors": the rule needs only the weighted mean of the tensors clients send (FedAvg, FFA-LoRA,
+  RoLoRA, FedSA-LoRA, FedSVD). The contribution is the client's sent tensors minus its start:
+  the sent LoRA factors and the head, flattened together. Clipping happens on the client
+  (`clipping: client`, as Flower's `fixedclipping_mod`) or on the server (`clipping: server`).
+- "products": the rule needs sum_k p_k s B_k A_k (SVD, Subspace-Reg, FlexLoRA, FLoRA). The
+  contribution is the client's dense update s B_k A_k - s B A over all LoRA layers (and the head
+  delta); only the server can clip it (a client cannot scale a product through its factors), so
+  these methods take `clipping: server` only: a trusted server sees the individual updates.
+
+Methods whose rule is neither (HetLoRA's norm-based weights, FedEx-LoRA's two releases) are refused.
+Noise is drawn from a generator seeded by (seed, round), so a resumed run replays it. Weights are
+uniform (federation.weighting: uniform): the noise is calibrated to one client's weight 1/n.
+The privacy spent, epsilon at `delta` after each round, comes from Flower's RDP accountant
+(Google's dp-accounting) for n of K clients sampled without replacement (replace-one neighbours).
+The geometry diagnostics in metrics.jsonl read the individual updates: they are not private.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from fedlora.client import derive_seed
+from fedlora.config import PrivacySection
+from fedlora.state import AdapterState, LoraFactors
+
+
+def _delta_tensors(update: AdapterState, start: AdapterState, sent: str, scaling: float,
+                   aggregates: str) -> dict[str, Tensor]:
+    """The client's contribution as named float64 tensors (see the module docstring)."""
+    out = {}
+    for name, f in update.lora.items():
+        ref = start.lora[name]
+        if aggregates == "products":
+            out[name] = scaling * (f.B.double() @ f.A.double() - ref.B.double() @ ref.A.double())
+        else:
+            for factor in sent:
+                out[f"{name}::{factor}"] = getattr(f, factor).double() - getattr(ref, factor).double()
+    for name, t in update.head.items():
+        out[f"head::{name}"] = t.double() - start.head[name].double()
+    return out
+
+
+def _norm(tensors: dict[str, Tensor]) -> float:
+    return math.sqrt(sum(t.square().sum().item() for t in tensors.values()))
+
+
+def clip_factors(update: AdapterState, start: AdapterState, sent: str, clipping_norm: float) -> AdapterState:
+    """`update` with its sent tensors moved toward `start` so that the sent delta has L2 norm at
+    most `clipping_norm` (the client-side clipping of "factors" methods)."""
+    delta = _delta_tensors(update, start, sent, 1.0, "factors")
+    factor = min(1.0, clipping_norm / _norm(delta)) if _norm(delta) > 0 else 1.0
+    if factor == 1.0:
+        return update
+    lora = {}
+    for name, f in update.lora.items():
+        ref = start.lora[name]
+        moved = {k: (getattr(ref, k) + factor * (getattr(f, k) - getattr(ref, k))).to(getattr(f, k).dtype)
+                 for k in sent}
+        lora[name] = f._replace(**moved)
+    head = {name: (start.head[name] + factor * (t - start.head[name])).to(t.dtype) for name, t in update.head.items()}
+    return AdapterState(lora=lora, head=head, base=update.base)
+
+
+def noisy_mean(updates: list[AdapterState], start: AdapterState, sent: str, scaling: float, aggregates: str,
+               cfg: PrivacySection, generator: torch.Generator, clip: bool) -> dict[str, Tensor]:
+    """mean_k clip(contribution_k) + N(0, (noise_multiplier * C / n)^2) per entry."""
+    n = len(updates)
+    total: dict[str, Tensor] = {}
+    for u in updates:
+        delta = _delta_tensors(u, start, sent, scaling, aggregates)
+        norm = _norm(delta)
+        factor = min(1.0, cfg.clipping_norm / norm) if clip and norm > 0 else 1.0
+        for k, t in delta.items():
+            total[k] = total.get(k, 0) + factor * t
+    std = cfg.noise_multiplier * cfg.clipping_norm / n if cfg.noise_multiplier else 0.0
+    return {k: t / n + (std * torch.randn(t.shape, generator=generator, dtype=t.dtype) if std else 0)
+            for k, t in total.items()}
+
+
+def private_aggregate(method, updates: list[AdapterState], start: AdapterState, round_idx: int, seed: int,
+                      cfg: PrivacySection) -> AdapterState:
+    """The method's new global adapter computed from the noisy mean contribution alone: one
+    pseudo-client, weight 1, that the server rule post-processes."""
+    sent = method.sent(round_idx)
+    generator = torch.Generator().manual_seed(derive_seed((seed, round_idx, 0x0D9)))
+    mean = noisy_mean(updates, start, sent, method.scaling, method.aggregates, cfg, generator,
+                      clip=cfg.clipping == "server")
+    head = {name: (start.head[name].double() + mean[f"head::{name}"]).to(t.dtype) for name, t in start.head.items()}
+    lora = {}
+    for name, ref in start.lora.items():
+        if method.aggregates == "products":  # s B A + noisy mean update, as factors (B = D / s, A = I)
+            D = method.scaling * ref.B.double() @ ref.A.double() + mean[name]
+            eye = torch.eye(D.shape[1], dtype=torch.float64)
+            lora[name] = LoraFactors(A=eye, B=D / method.scaling)
+        else:
+            lora[name] = ref._replace(**{k: (getattr(ref, k).double() + mean[f"{name}::{k}"]).to(getattr(ref, k).dtype)
+                                         for k in sent})
+    pseudo = AdapterState(lora=lora, head=head)
+    return method.aggregate([pseudo], torch.ones(1, dtype=torch.float64), start, round_idx, seed, check_layout=False)
+
+
+def epsilon_after(cfg: PrivacySection, rounds: int, sampled: int, population: int) -> float | None:
+    """Cumulative epsilon at cfg.delta after `rounds` releases of `sampled` of `population`
+    clients (Flower's RDP accountant); inf without noise."""
+    if rounds == 0:
+        return 0.0
+    if not cfg.noise_multiplier:
+        return math.inf
+    from flwr.supercore.privacy_accounting import (
+        GaussianPrivacyEvent,
+        NeighboringRelation,
+        PrivacyConfig,
+        SamplingMethod,
+    )
+    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+    accountant = RdpAccountant(PrivacyConfig(target_delta=cfg.delta, population_size=population,
+                                             neighboring_relation=NeighboringRelation.REPLACE_ONE,
+                                             sampling_method=SamplingMethod.WITHOUT_REPLACEMENT))
+    accountant.compose(GaussianPrivacyEvent(cfg.noise_multiplier, sampled, population), count=rounds)
+    return accountant.get_epsilon(cfg.delta)
