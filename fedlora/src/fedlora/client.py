@@ -63,6 +63,7 @@ class ClientResult:
     micro_batches: int
     optimizer_steps: int
     mean_penalty: float = 0.0  # mean client penalty over the optimizer steps (0 without one)
+    start: AdapterState | None = None  # the adapter the client started from (not sent: the server knows it)
 
 
 def derive_seed(seed: int | Sequence[int]) -> int:
@@ -154,4 +155,4 @@ def local_update(model: Any, family: str, data: Encoded, start: AdapterState, me
     model.eval()
     return ClientResult(state=read_state(model), mean_loss=loss_sum / seen, examples=seen,
                         micro_batches=len(micro), optimizer_steps=len(groups),
-                        mean_penalty=penalty_sum / len(groups))
+                        mean_penalty=penalty_sum / len(groups), start=start)

@@ -205,8 +205,7 @@ def client_update(fed: Federation, state: AdapterState, round_idx: int, client: 
         fed.personal[client] = {n: f.B for n, f in result.state.lora.items()}
     privacy = fed.cfg.privacy
     if privacy.enabled and privacy.clipping == "client":  # what the client sends is clipped
-        result.state = clip_factors(result.state, client_start(fed, state, client), fed.method.sent(round_idx),
-                                    privacy.clipping_norm)
+        result.state = clip_factors(result.state, result.start, fed.method.sent(round_idx), privacy.clipping_norm)
     return result
 
 
@@ -246,7 +245,7 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
         weights=[round(w, 6) for w in weights.tolist()],
         client_loss=float(sum(r.mean_loss for r in results) / len(results)),
         # Client drift: ||dW_k - dW_start||_F per client, and the penalty's share of its objective.
-        client_update_norm=update_norms(updates, [client_start(fed, state, k) for k in clients], cfg.lora.scaling),
+        client_update_norm=update_norms(updates, [r.start for r in results], cfg.lora.scaling),
         client_penalty=[r.mean_penalty for r in results],
         penalty_share=float(np.mean([r.mean_penalty / (r.mean_loss + r.mean_penalty) for r in results])),
         client_ranks=ranks,

@@ -108,11 +108,12 @@ def read_result(content: RecordDict, start_of: Callable[[int], AdapterState],
     if missing:
         raise ValueError(f"train reply metrics lack {missing}")
     client = int(metrics["client"])
-    state = arrays_to_state(content[ARRAYS], like=start_of(client), rank=rank_of(client))
+    start = start_of(client)
+    state = arrays_to_state(content[ARRAYS], like=start, rank=rank_of(client))
     result = ClientResult(state=state, mean_loss=float(metrics["mean_loss"]), examples=int(metrics["examples"]),
                           micro_batches=int(metrics["micro_batches"]),
                           optimizer_steps=int(metrics["optimizer_steps"]),
-                          mean_penalty=float(metrics["mean_penalty"]))
+                          mean_penalty=float(metrics["mean_penalty"]), start=start)
     return client, result
 
 
