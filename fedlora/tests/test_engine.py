@@ -480,8 +480,12 @@ def test_private_runs_report_epsilon_and_the_no_op_limit_matches_the_plain_run(t
     train_federation(tiny_config(tiny_model_dir, **common, **dp, **{"privacy.noise_multiplier": 1.0,
                                                                     "privacy.clipping_norm": 0.5}),
                      tmp_path / "dp", log=lambda m: None)
-    eps = [m.privacy_epsilon for m in RunDir(tmp_path / "dp").read_metrics()]
+    dp_metrics = RunDir(tmp_path / "dp").read_metrics()
+    eps = [m.privacy_epsilon for m in dp_metrics]
     assert 0 < eps[0] < eps[1] < eps[2] < math.inf
+    for m in dp_metrics:  # client-side clipping: what the server receives is already within the norm
+        assert len(m.contribution_norms) == len(m.clients)
+        assert max(m.contribution_norms) <= 0.5 + 1e-5 if clipping == "client" else min(m.contribution_norms) > 0
     train_federation(tiny_config(tiny_model_dir, **common), tmp_path / "plain", log=lambda m: None)
     train_federation(tiny_config(tiny_model_dir, **common, **dp, **{"privacy.noise_multiplier": 0.0,
                                                                     "privacy.clipping_norm": math.inf}),

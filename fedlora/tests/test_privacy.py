@@ -52,7 +52,8 @@ def test_noise_has_the_configured_standard_deviation():
     start = AdapterState(lora={"big": LoraFactors(torch.zeros(8, 400), torch.zeros(300, 8))}, head={})
     updates = [start] * 4  # zero contributions: the mean is pure noise
     cfg = PrivacySection(enabled=True, noise_multiplier=1.5, clipping_norm=2.0)
-    mean = noisy_mean(updates, start, "AB", S, "factors", cfg, torch.Generator().manual_seed(0), clip=True)
+    mean, norms = noisy_mean(updates, start, "AB", S, "factors", cfg, torch.Generator().manual_seed(0), clip=True)
+    assert norms == [0.0] * 4
     noise = torch.cat([t.flatten() for t in mean.values()])
     expected = 1.5 * 2.0 / 4  # noise_multiplier * C / n (Flower's compute_stdv)
     # 5600 draws: the sample std is within 3% of sigma with probability > 0.99 (std error ~1%).
@@ -83,7 +84,8 @@ def test_no_noise_and_no_clipping_give_the_plain_aggregate(name):
     weights = torch.full((3,), 1 / 3, dtype=torch.float64)
     plain = method.aggregate(updates, weights, start, 2, 7)
     cfg = PrivacySection(enabled=True, noise_multiplier=0.0, clipping_norm=math.inf, clipping="server")
-    private = private_aggregate(method, updates, start, 2, 7, cfg)
+    private, norms = private_aggregate(method, updates, start, 2, 7, cfg)
+    assert len(norms) == 3 and min(norms) > 0
     for layer in SHAPES:  # the same global update (products compared: factorizations may rotate)
         for state in (plain, private):
             assert state.lora[layer].A.dtype == torch.float32
@@ -98,6 +100,6 @@ def test_noise_is_seeded_by_seed_and_round():
     updates = [adapter(k + 1, base=start) for k in range(3)]
     method = build_method(MethodConfig(name="fedavg"), rank=R, scaling=S, family_clip_tau=15.0)
     cfg = PrivacySection(enabled=True, noise_multiplier=1.0, clipping_norm=1.0, clipping="server")
-    a, b = (private_aggregate(method, updates, start, 2, 7, cfg) for _ in range(2))
-    c = private_aggregate(method, updates, start, 3, 7, cfg)
+    a, b = (private_aggregate(method, updates, start, 2, 7, cfg)[0] for _ in range(2))
+    c = private_aggregate(method, updates, start, 3, 7, cfg)[0]
     assert torch.equal(a.lora["l0"].A, b.lora["l0"].A) and not torch.equal(a.lora["l0"].A, c.lora["l0"].A)

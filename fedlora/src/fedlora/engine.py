@@ -221,8 +221,10 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
     weights = aggregation_weights(fed, clients, results)
     updates = [r.state for r in results]
     # Contiguous, as a checkpoint reloads it: identical memory layout keeps resumed runs bit-exact.
+    contribution_norms = None
     if cfg.privacy.enabled:
-        new_state = private_aggregate(fed.method, updates, state, round_idx, cfg.seed, cfg.privacy)
+        new_state, contribution_norms = private_aggregate(fed.method, updates, state, round_idx, cfg.seed,
+                                                          cfg.privacy)
     else:
         new_state = fed.method.aggregate(updates, weights, state, round_idx, cfg.seed)
     new_state = new_state.map_tensors(torch.Tensor.contiguous)
@@ -258,6 +260,7 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
         bytes_up=sum(upload_bytes(u, fed.method.sent(round_idx), r) for u, r in zip(updates, ranks)),
         bytes_down=len(clients) * state.nbytes(),
         geometry=geometry,
+        contribution_norms=contribution_norms,
         privacy_epsilon=epsilon_after(cfg.privacy, round_idx, len(clients), cfg.federation.num_clients)
         if cfg.privacy.enabled else None,
         _eval_items=(item_scores, labels) if evaluated else None,

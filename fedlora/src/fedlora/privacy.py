@@ -71,29 +71,33 @@ def clip_factors(update: AdapterState, start: AdapterState, sent: str, clipping_
 
 
 def noisy_mean(updates: list[AdapterState], start: AdapterState, sent: str, scaling: float, aggregates: str,
-               cfg: PrivacySection, generator: torch.Generator, clip: bool) -> dict[str, Tensor]:
-    """mean_k clip(contribution_k) + N(0, (noise_multiplier * C / n)^2) per entry."""
+               cfg: PrivacySection, generator: torch.Generator, clip: bool) -> tuple[dict[str, Tensor], list[float]]:
+    """(mean_k clip(contribution_k) + N(0, (noise_multiplier * C / n)^2) per entry, the norm of
+    each contribution as the server received it, before its own clipping)."""
     n = len(updates)
     total: dict[str, Tensor] = {}
+    norms = []
     for u in updates:
         delta = _delta_tensors(u, start, sent, scaling, aggregates)
-        norm = _norm(delta)
-        factor = min(1.0, cfg.clipping_norm / norm) if clip and norm > 0 else 1.0
+        norms.append(_norm(delta))
+        factor = min(1.0, cfg.clipping_norm / norms[-1]) if clip and norms[-1] > 0 else 1.0
         for k, t in delta.items():
             total[k] = total.get(k, 0) + factor * t
     std = cfg.noise_multiplier * cfg.clipping_norm / n if cfg.noise_multiplier else 0.0
-    return {k: t / n + (std * torch.randn(t.shape, generator=generator, dtype=t.dtype) if std else 0)
+    mean = {k: t / n + (std * torch.randn(t.shape, generator=generator, dtype=t.dtype) if std else 0)
             for k, t in total.items()}
+    return mean, norms
 
 
 def private_aggregate(method, updates: list[AdapterState], start: AdapterState, round_idx: int, seed: int,
-                      cfg: PrivacySection) -> AdapterState:
-    """The method's new global adapter computed from the noisy mean contribution alone: one
-    pseudo-client, weight 1, that the server rule post-processes."""
+                      cfg: PrivacySection) -> tuple[AdapterState, list[float]]:
+    """The method's new global adapter computed from the noisy mean contribution alone (one
+    pseudo-client, weight 1, that the server rule post-processes), and the contributions' norms
+    as received (to calibrate the clipping norm: with `clipping: server`, before clipping)."""
     sent = method.sent(round_idx)
     generator = torch.Generator().manual_seed(derive_seed((seed, round_idx, 0x0D9)))
-    mean = noisy_mean(updates, start, sent, method.scaling, method.aggregates, cfg, generator,
-                      clip=cfg.clipping == "server")
+    mean, norms = noisy_mean(updates, start, sent, method.scaling, method.aggregates, cfg, generator,
+                             clip=cfg.clipping == "server")
     head = {name: (start.head[name].double() + mean[f"head::{name}"]).to(t.dtype) for name, t in start.head.items()}
     lora = {}
     for name, ref in start.lora.items():
@@ -105,7 +109,8 @@ def private_aggregate(method, updates: list[AdapterState], start: AdapterState, 
             lora[name] = ref._replace(**{k: (getattr(ref, k).double() + mean[f"{name}::{k}"]).to(getattr(ref, k).dtype)
                                          for k in sent})
     pseudo = AdapterState(lora=lora, head=head)
-    return method.aggregate([pseudo], torch.ones(1, dtype=torch.float64), start, round_idx, seed, check_layout=False)
+    new = method.aggregate([pseudo], torch.ones(1, dtype=torch.float64), start, round_idx, seed, check_layout=False)
+    return new, norms
 
 
 def epsilon_after(cfg: PrivacySection, rounds: int, sampled: int, population: int) -> float | None:

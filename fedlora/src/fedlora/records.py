@@ -53,6 +53,7 @@ class RoundRecord:
     bytes_down: int | None = None
     geometry: dict[str, float] | None = None  # geometry.GEOMETRY_KEYS
     privacy_epsilon: float | None = None  # cumulative epsilon at privacy.delta after this round
+    contribution_norms: list[float] | None = None  # DP: each client's contribution as received (privacy.py)
     # Flower engine: who was sampled and who failed, bytes as serialised, clients' own scores.
     sampled_clients: list[int] | None = None
     failed_clients: list[int] | None = None
