@@ -82,11 +82,26 @@ def noisy_mean(updates: list[AdapterState], start: AdapterState, sent: str, scal
         norms.append(_norm(delta))
         factor = min(1.0, cfg.clipping_norm / norms[-1]) if clip and norms[-1] > 0 else 1.0
         for k, t in delta.items():
-            total[k] = total.get(k, 0) + factor * t
+            if k in total:
+                total[k].add_(t, alpha=factor)
+            else:
+                total[k] = t.mul_(factor)
+        del delta
     std = cfg.noise_multiplier * cfg.clipping_norm / n if cfg.noise_multiplier else 0.0
-    mean = {k: t / n + (std * torch.randn(t.shape, generator=generator, dtype=t.dtype) if std else 0)
-            for k, t in total.items()}
-    return mean, norms
+    for t in total.values():  # in place: the dense sums of "products" methods are large
+        t.div_(n)
+        if std:
+            t.add_(torch.randn(t.shape, generator=generator, dtype=t.dtype), alpha=std)
+    return total, norms
+
+
+def dense_as_factors(D: Tensor) -> LoraFactors:
+    """D (d_out, d_in) as factors B A with the identity on the smaller side, so the server rules'
+    factored algebra (QR of B and of A^T) takes the dense matrix at the cost of a d x d identity."""
+    d_out, d_in = D.shape
+    if d_out <= d_in:
+        return LoraFactors(A=D, B=torch.eye(d_out, dtype=D.dtype))
+    return LoraFactors(A=torch.eye(d_in, dtype=D.dtype), B=D)
 
 
 def private_aggregate(method, updates: list[AdapterState], start: AdapterState, round_idx: int, seed: int,
@@ -101,10 +116,9 @@ def private_aggregate(method, updates: list[AdapterState], start: AdapterState, 
     head = {name: (start.head[name].double() + mean[f"head::{name}"]).to(t.dtype) for name, t in start.head.items()}
     lora = {}
     for name, ref in start.lora.items():
-        if method.aggregates == "products":  # s B A + noisy mean update, as factors (B = D / s, A = I)
-            D = method.scaling * ref.B.double() @ ref.A.double() + mean[name]
-            eye = torch.eye(D.shape[1], dtype=torch.float64)
-            lora[name] = LoraFactors(A=eye, B=D / method.scaling)
+        if method.aggregates == "products":  # D = s B A + noisy mean update, as the factors of D / s
+            D = (method.scaling * ref.B.double() @ ref.A.double() + mean.pop(name)) / method.scaling
+            lora[name] = dense_as_factors(D.float())
         else:
             lora[name] = ref._replace(**{k: (getattr(ref, k).double() + mean[f"{name}::{k}"]).to(getattr(ref, k).dtype)
                                          for k in sent})
