@@ -12,7 +12,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export MPLBACKEND := Agg
 
-.PHONY: setup demo test bench lint reproduce reproduce-small reproduce-methods report clean
+.PHONY: setup demo test bench lint reproduce reproduce-small reproduce-methods reproduce-privacy report clean
 
 setup: $(STAMP)
 
@@ -90,6 +90,16 @@ reproduce-methods: $(STAMP)
 		--methods $$($(VENV)/bin/fedlora methods --names)
 	$(VENV)/bin/fedlora sweep $(METHODS_CONFIG) --no-progress --seeds 42,43,44 --out sweeps/methods-client-ranks \
 		--methods flora,flexlora,hetlora --set 'federation.client_ranks={choices: [2, 4, 8], seed: 0}'
+
+# Differential privacy: accuracy, loss and basis overlap against the noise multiplier for FedAvg,
+# FFA-LoRA, FedSVD and Subspace-Reg, 3 seeds: 60 runs of 3-5 minutes, about 4 hours on 2 cores.
+PRIVACY_CONFIG := fedlora/configs/privacy-smollm2-135m.yaml
+NOISE_MULTIPLIERS := 0 0.0003 0.001 0.003 0.01
+reproduce-privacy: $(STAMP)
+	for sigma in $(NOISE_MULTIPLIERS); do \
+		$(VENV)/bin/fedlora sweep $(PRIVACY_CONFIG) --no-progress --seeds 42,43,44 --methods fedavg,ffa-lora,fedsvd,subspace \
+			--set privacy.noise_multiplier=$$sigma --out sweeps/privacy/noise$$sigma || exit 1; \
+	done
 
 # Reproduction pages in docs/results/ from finished (or partly finished) run folders.
 FEDLORA_SWEEPS ?= sweeps/drift-smollm2-135m sweeps/methods-smollm2-135m sweeps/methods-client-ranks \
