@@ -53,11 +53,15 @@ def _norm(tensors: dict[str, Tensor]) -> float:
     return math.sqrt(sum(t.square().sum().item() for t in tensors.values()))
 
 
+def _clip_scale(norm: float, clipping_norm: float) -> float:
+    """The factor that brings a contribution of L2 norm `norm` within `clipping_norm`."""
+    return min(1.0, clipping_norm / norm) if norm > 0 else 1.0
+
+
 def clip_factors(update: AdapterState, start: AdapterState, sent: str, clipping_norm: float) -> AdapterState:
     """`update` with its sent tensors moved toward `start` so that the sent delta has L2 norm at
     most `clipping_norm` (the client-side clipping of "factors" methods)."""
-    delta = _delta_tensors(update, start, sent, 1.0, "factors")
-    factor = min(1.0, clipping_norm / _norm(delta)) if _norm(delta) > 0 else 1.0
+    factor = _clip_scale(_norm(_delta_tensors(update, start, sent, 1.0, "factors")), clipping_norm)
     if factor == 1.0:
         return update
     lora = {}
@@ -80,7 +84,7 @@ def noisy_mean(updates: list[AdapterState], start: AdapterState, sent: str, scal
     for u in updates:
         delta = _delta_tensors(u, start, sent, scaling, aggregates)
         norms.append(_norm(delta))
-        factor = min(1.0, cfg.clipping_norm / norms[-1]) if clip and norms[-1] > 0 else 1.0
+        factor = _clip_scale(norms[-1], cfg.clipping_norm) if clip else 1.0
         for k, t in delta.items():
             if k in total:
                 total[k].add_(t, alpha=factor)
