@@ -264,8 +264,10 @@ def test_personal_b_stays_on_each_client_and_is_scored_on_its_held_out_items(tin
     assert not any(f.B.any() for f in state.lora.values())  # the server never holds a B
     assert sorted(personal) == sorted({k for m in metrics[1:] for k in m.clients})
     assert all(0 <= m.heldout_accuracy <= 1 and m.heldout_loss > 0 for m in metrics)
-    for m in metrics[1:]:  # clients send A (+ head) only
-        assert m.bytes_up < m.bytes_down
+    sent_per_client = sum(f.A.numel() * f.A.element_size() for f in state.lora.values()) + sum(
+        t.numel() * t.element_size() for t in state.head.values())
+    for m in metrics[1:]:  # clients send A (+ head) only: never a B
+        assert m.bytes_up == len(m.clients) * sent_per_client
     # Held-out items are drawn from each client's own partition and never trained on.
     fed = build_federation(cfg, log=lambda m: None)
     sizes = [c["size"] for c in json.loads((tmp_path / "run" / "partition.json").read_text())["clients"]]
