@@ -192,10 +192,10 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
+        from fedlora.methods import METHODS  # the registry imports this module
+
         ranks = self.federation.client_ranks
         if ranks is not None:
-            from fedlora.methods import METHODS  # the registry imports this module
-
             values = ranks.choices if isinstance(ranks, RankDraw) else ranks
             if isinstance(ranks, list) and len(ranks) != self.federation.num_clients:
                 raise ValueError(f"federation.client_ranks lists {len(ranks)} ranks for "
@@ -210,8 +210,6 @@ class RunConfig(Section):
         if holdout and holdout >= self.federation.min_client_size:
             raise ValueError(f"federation.client_holdout={holdout} must be below federation.min_client_size="
                              f"{self.federation.min_client_size}: every client keeps items to train on")
-        from fedlora.methods import METHODS  # the registry imports this module
-
         if self.privacy.enabled:
             aggregates = METHODS[self.method.name].aggregates
             if aggregates == "other":
