@@ -151,8 +151,8 @@ def encoder_round(threads: int, reps: int, eval_size: int) -> dict:
     out = summarize(times, extra)
     for name, recs in records.items():
         recs = recs[1:]  # the untimed first turn
-        train_s = statistics.median(r["time_train_s"] for r in recs)
-        eval_s = statistics.median(r["time_eval_s"] for r in recs)
+        train_s = statistics.median(r.time_train_s for r in recs)
+        eval_s = statistics.median(r.time_eval_s for r in recs)
         out[name].update(train_s=train_s, eval_s=eval_s, accuracy=recs[-1]["accuracy"], loss=recs[-1]["loss"],
                          client_loss=recs[-1]["client_loss"])
     for name in out:
@@ -193,14 +193,14 @@ def markdown(r: dict) -> str:
             lines.append(f"| {phase} | {name} | {v['median_s']:.2f} | {v['speedup']:.2f}x | "
                          f"{v['real_tokens']} / {v['padded_tokens']} | {100 * v['padding_share']:.0f}% | "
                          f"{loss:.4f} |")
-    enc = r["encoder_round"]
+    enc = r.encoder_round
     lines += [""] + [f"- encoder round, {name}: training {v['train_s']:.2f}s ({v['train_speedup']:.2f}x), "
                      f"evaluation {v['eval_s']:.2f}s ({v['eval_speedup']:.2f}x), accuracy {v['accuracy']:.3f}"
                      for name, v in enc.items()]
-    ev = r["decoder_eval"]
+    ev = r.decoder_eval
     lines.append("- decoder evaluation accuracy: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in ev.items()))
     if "thread_counts" in r:
-        t = r["thread_counts"]
+        t = r.thread_counts
         lines.append(f"- new decoder training, 2 threads vs 1: {t['2 threads']:.2f}s vs {t['1 thread']:.2f}s "
                      f"({t['two_over_one_speedup']:.2f}x)")
     return "\n".join(lines) + "\n"
