@@ -153,8 +153,8 @@ def encoder_round(threads: int, reps: int, eval_size: int) -> dict:
         recs = recs[1:]  # the untimed first turn
         train_s = statistics.median(r.time_train_s for r in recs)
         eval_s = statistics.median(r.time_eval_s for r in recs)
-        out[name].update(train_s=train_s, eval_s=eval_s, accuracy=recs[-1]["accuracy"], loss=recs[-1]["loss"],
-                         client_loss=recs[-1]["client_loss"])
+        out[name].update(train_s=train_s, eval_s=eval_s, accuracy=recs[-1].accuracy, loss=recs[-1].loss,
+                         client_loss=recs[-1].client_loss)
     for name in out:
         out[name]["train_speedup"] = out[TODAY]["train_s"] / out[name]["train_s"]
         out[name]["eval_speedup"] = out[TODAY]["eval_s"] / out[name]["eval_s"]
