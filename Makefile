@@ -106,7 +106,8 @@ FEDLORA_SWEEPS ?= sweeps/drift-smollm2-135m sweeps/methods-smollm2-135m sweeps/m
                   sweeps/cpu-smollm2-135m sweeps/cpu-minilm
 HYPERUNMIX_BENCHES ?= runs/bench runs/bench-urban
 report: $(STAMP)
-	$(PY) -m fedlora.reproduction --sweeps $(FEDLORA_SWEEPS) --grid sweeps/drift-penalty-grid --out docs/results/fedlora.md
+	$(PY) -m fedlora.reproduction --sweeps $(FEDLORA_SWEEPS) --grid sweeps/drift-penalty-grid \
+		--privacy sweeps/privacy --out docs/results/fedlora.md
 	$(PY) -m hyperunmix.reproduction --bench $(HYPERUNMIX_BENCHES) --out docs/results/hyperunmix.md
 
 lint: $(STAMP)

@@ -403,3 +403,30 @@ def test_runs_on_different_items_are_not_paired(sweep: Path, tmp_path: Path):
         folder.write_eval_items(r, item_scores("fedavg", 42, r), (ITEM_LABELS + 1) % 4)
     with pytest.raises(ValueError, match="evaluated on different items"):
         render([sweep], tmp_path / "page.md")
+
+
+def test_privacy_study_table(tmp_path: Path):
+    from fedlora.reproduction import privacy_section
+
+    folder = tmp_path / "privacy"
+    assert "the study was not run" in "\n".join(privacy_section(folder))
+    expected = {}
+    for sigma in (0.0, 0.01):
+        for seed in SEEDS:
+            run = folder / f"noise{sigma}" / "tiny-encoder" / "fedavg" / f"seed{seed}"
+            write_run(run, "fedavg", seed)
+            cfg = RunConfig(model={"name": "tiny-encoder"}, rounds=ROUNDS, seed=seed, threads=1,
+                            method={"name": "fedavg"}, eval={"zero_shot": True}, federation={"weighting": "uniform"},
+                            privacy={"enabled": True, "noise_multiplier": sigma})
+            (run / "config.yaml").write_text(dump_config(cfg))
+            lines = (run / "metrics.jsonl").read_text().splitlines()
+            last = json.loads(lines[-1]) | {"privacy_epsilon": 10.0 * sigma + seed, "contribution_norms": [1.0, 3.0]}
+            (run / "metrics.jsonl").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+            expected.setdefault(sigma, []).append(10.0 * sigma + seed)
+    text = "\n".join(privacy_section(folder))
+    for sigma, eps in expected.items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| FedAvg | {sigma:g} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2] == f"{len(SEEDS)} of {len(SEEDS)}"
+        assert cells[7] == f"{np.mean(eps):.3f} ± {np.std(eps, ddof=1):.3f}"  # epsilon of the last round
+        assert cells[8] == "2.000 ± 0.000"  # mean contribution norm
