@@ -210,7 +210,7 @@ def test_abundances_from_fcls_is_fclsu_of_the_network_fit(tiny_scene):
     np.testing.assert_array_equal(scaled.abundances_, fcls(tiny_scene.Y, scaled.endmembers_).reshape(3, 12, 10))
 
 
-# ---- pseudo-GT from more k-means clusters, MN initialisation, unit endmembers, UN refinement ----
+# ---- pseudo-GT from more k-means clusters, unit endmembers, UN refinement ----
 @pytest.mark.parametrize("exhaustive", [True, False])
 def test_extreme_centroids_picks_the_simplex_vertices(monkeypatch, exhaustive):
     from hyperunmix.methods import gauss
