@@ -35,7 +35,7 @@ class Handles:
     # The base weights as loaded, kept once a merged base (AdapterState.base) is first written, so
     # writing a state without one restores them bit for bit.
     original_base: dict[str, torch.Tensor] | None = None
-    base_applied: bool = False
+    applied_base: dict[str, torch.Tensor] | None = None  # the merged base the weights hold (None: as loaded)
 
 
 _HANDLES: "weakref.WeakKeyDictionary[nn.Module, Handles]" = weakref.WeakKeyDictionary()
@@ -128,8 +128,10 @@ def write_state(model: PeftModel, state: AdapterState) -> None:
 
 
 def _write_base(h: Handles, base: dict[str, torch.Tensor]) -> None:
-    """Base weights = as loaded + `base` (the merged updates); as loaded when `base` is empty."""
-    if not base and not h.base_applied:
+    """Base weights = as loaded + `base` (the merged updates); as loaded when `base` is empty.
+    A round writes the same global's base for every client and the evaluation: written once."""
+    target = base or None
+    if target is h.applied_base:
         return
     if base:
         _check_keys("merged base layers", set(h.lora), set(base))
@@ -142,7 +144,7 @@ def _write_base(h: Handles, base: dict[str, torch.Tensor]) -> None:
     for name, weight in h.base.items():
         original = h.original_base[name]
         weight.data.copy_(original + base[name].to(original) if base else original)
-    h.base_applied = bool(base)
+    h.applied_base = target
 
 
 def set_trainable(model: PeftModel, trained: str = "AB") -> list[nn.Parameter]:

@@ -230,8 +230,7 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
     new_state = new_state.map_tensors(torch.Tensor.contiguous)
     t2 = time.perf_counter()
     ranks = [fed.rank_of(k) for k in clients]
-    geometry = round_geometry(updates, weights, state, new_state, cfg.lora.scaling,
-                              ranks if fed.client_ranks else None)
+    geometry = round_geometry(updates, weights, state, new_state, cfg.lora.scaling, ranks)
     t3 = time.perf_counter()
     last = round_idx == cfg.rounds
     evaluated = last or round_idx % cfg.eval.every == 0

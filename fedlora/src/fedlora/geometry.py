@@ -153,9 +153,9 @@ def update_norms(updates: list[AdapterState], starts: list[AdapterState], scalin
         sq = torch.zeros((), dtype=torch.float64)
         for name, ref in start.lora.items():
             f = u.lora[name]
-            B = torch.cat([f.B, ref.B], dim=1).to(torch.float64) * scaling
-            A = torch.cat([f.A, -ref.A], dim=0).to(torch.float64)  # [B_k, B][A_k; -A] = dW_k - dW
-            sq += ((B.T @ B) * (A @ A.T)).sum()
+            # ||B_k A_k - B A||^2 = G_kk - 2 G_k0 + G_00 from the factored Gram of (update, start)
+            gram = factored_gram([f.B.double() * scaling, ref.B.double() * scaling], [f.A.double(), ref.A.double()])
+            sq += gram[0, 0] - 2 * gram[0, 1] + gram[1, 1]
         norms.append(sq.clamp_min(0).sqrt().item())
     return norms
 
