@@ -22,6 +22,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from fedlora import client  # noqa: E402
 from fedlora.client import local_update, plan_micro_batches, resolve_train, step_plan  # noqa: E402
 from fedlora.config import load_config  # noqa: E402
 from fedlora.engine import build_federation, run_round  # noqa: E402
@@ -29,16 +30,17 @@ from fedlora.evaluation import evaluate  # noqa: E402
 from fedlora.models import initial_state  # noqa: E402
 from fedlora.precision import native_bf16  # noqa: E402
 from fedlora.progress import Progress  # noqa: E402
-from fedlora.scoring import Encoded  # noqa: E402
+from fedlora.scoring import Encoded, _pack  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
 OUT = HERE / "results"
 QUIET = lambda msg: None  # noqa: E731
 TODAY = "fp32 (today)"
+ROWS = client.PACKED_ROW_TOKENS
 
 
-def batch_tokens(data: Encoded, idx: list[int], packed: bool = False) -> tuple[int, int]:
+def batch_tokens(data: Encoded, idx: list[int], packed: bool = False, row_tokens: int = 0) -> tuple[int, int]:
     """(real, padded) tokens the model processes for one batch of items."""
     if data.family == "encoder":
         real = sum(len(seq) for i in idx for seq in data.pairs[i])
@@ -46,13 +48,15 @@ def batch_tokens(data: Encoded, idx: list[int], packed: bool = False) -> tuple[i
     ctx = [len(data.contexts[i]) for i in idx]
     ends = [len(e) for i in idx for e in data.endings[i]]
     real = sum(ctx) + sum(ends)
-    if packed:  # one row per item: context + its 4 endings
-        return real, len(idx) * max(c + sum(map(len, data.endings[i])) for c, i in zip(ctx, idx))
+    if packed:  # rows of one or more items, each its context + its 4 endings
+        sizes = [c + sum(map(len, data.endings[i])) for c, i in zip(ctx, idx)]
+        rows = _pack(sizes, row_tokens)
+        return real, len(rows) * max(sum(sizes[j] for j in row) for row in rows)
     return real, len(idx) * max(ctx) + len(ends) * max(ends)
 
 
-def plan_tokens(plan: list[list[list[int]]], data: Encoded, packed: bool = False) -> dict:
-    real, padded = map(sum, zip(*(batch_tokens(data, mb, packed) for step in plan for mb in step)))
+def plan_tokens(plan: list[list[list[int]]], data: Encoded, packed: bool = False, row_tokens: int = 0) -> dict:
+    real, padded = map(sum, zip(*(batch_tokens(data, mb, packed, row_tokens) for step in plan for mb in step)))
     return {"real_tokens": real, "padded_tokens": padded, "padding_share": 1 - real / padded}
 
 
@@ -82,19 +86,25 @@ def decoder_training(threads: int, reps: int) -> dict:
     fed = build_federation(cfg, log=QUIET)
     state = initial_state(fed.model, cfg.seed)
     data = fed.client_data[0]
-    # Same 8 examples and the same 2 optimizer steps in every variant.
-    variants = {TODAY: {}, "bf16": {"precision": "bf16"}, "fp32, packed": {"packing": True},
-                "bf16, packed": {"precision": "bf16", "packing": True}}
-    trains = {name: resolve_train(cfg.train.model_copy(update=upd), fed.family) for name, upd in variants.items()}
+    # Same 8 examples and the same 2 optimizer steps in every variant; packed training shares rows
+    # of up to client.PACKED_ROW_TOKENS among a micro-batch's items, or (row tokens 0) one per item.
+    variants = {TODAY: ({}, 0), "bf16": ({"precision": "bf16"}, 0), "fp32, packed": ({"packing": True}, ROWS),
+                "bf16, packed, one row per item": ({"precision": "bf16", "packing": True}, 0),
+                "bf16, packed": ({"precision": "bf16", "packing": True}, ROWS)}
+    trains = {name: resolve_train(cfg.train.model_copy(update=upd), fed.family) for name, (upd, _) in variants.items()}
     losses, extra = {}, {}
     for name, train in trains.items():
         micro = plan_micro_batches(len(data), train, torch.Generator().manual_seed(0))
-        extra[name] = plan_tokens(step_plan(micro, train, data), data, train.packing)
+        extra[name] = plan_tokens(step_plan(micro, train, data), data, train.packing, variants[name][1])
 
     def runner(name):
         def run():
-            losses[name] = local_update(fed.model, fed.family, data, state, fed.method, trains[name],
-                                        seed=(cfg.seed, 1, 0)).mean_loss
+            client.PACKED_ROW_TOKENS = variants[name][1]
+            try:
+                losses[name] = local_update(fed.model, fed.family, data, state, fed.method, trains[name],
+                                            seed=(cfg.seed, 1, 0)).mean_loss
+            finally:
+                client.PACKED_ROW_TOKENS = ROWS
         return run
 
     times = timed_alternating({name: runner(name) for name in trains}, reps)

@@ -12,7 +12,7 @@ from fedlora import models
 from fedlora.adapters import head_params, lora_modules, read_state, write_state
 from fedlora.config import LoraSection, ModelConfig
 from fedlora.models import OFFLINE_MODELS, OfflineModel, add_lora, detect_family, initial_state, load_base
-from fedlora.scoring import choice_loss, choice_scores, encode
+from fedlora.scoring import _packed_rows, choice_loss, choice_scores, encode
 
 # ---------------------------------------------------------------- family detection and loading
 
@@ -170,26 +170,34 @@ def test_decoder_shared_context_equals_full_batch_and_definition(tokenizer):
     shared = choice_scores(model, "decoder", batch, shared_context=True)
     full = choice_scores(model, "decoder", batch, shared_context=False)
     packed = choice_scores(model, "decoder", batch, packed=True)
+    # Several items per row: all 6 in one, and rows that take two or three items each.
+    longest = max(len(encoded.contexts[i]) + sum(map(len, encoded.endings[i])) for i in range(6))
+    assert 1 < len(_packed_rows(batch, 2 * longest)[0]) < 6  # rows of several items, and more than one row
+    one_row = choice_scores(model, "decoder", batch, packed=True, row_tokens=100_000)
+    some_rows = choice_scores(model, "decoder", batch, packed=True, row_tokens=2 * longest)
     naive = _naive_decoder_scores(model, encoded, range(6))
-    assert shared.shape == packed.shape == (6, 4)
+    assert shared.shape == packed.shape == one_row.shape == (6, 4)
     torch.testing.assert_close(shared, naive, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(full, naive, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed, naive, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one_row, naive, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(some_rows, naive, atol=1e-5, rtol=1e-5)
     assert shared.std() > 1e-3  # choices really differ
 
 
-@pytest.mark.parametrize("path", ["shared_context", "packed"])
+@pytest.mark.parametrize("path", ["shared_context", "packed", "packed rows"])
 def test_decoder_shared_context_gradients_match_full(tokenizer, path):
     """Training runs each context once (its KV cache shared by the 4 endings, or one packed row
-    per item) and backpropagates through that context pass: loss and LoRA gradients equal those
-    of the 4 full sequences."""
+    per item, or several items per packed row) and backpropagates through that context pass: loss
+    and LoRA gradients equal those of the 4 full sequences."""
     model = make_lora_model("decoder", tokenizer)
     _randomize(model)
     batch = encode(make_items(4, seed=5), tokenizer, "decoder", 64).batch(range(4))
     losses, grads = [], []
     for once in (True, False):
         model.zero_grad()
-        scores = choice_scores(model, "decoder", batch, shared_context=once, packed=once and path == "packed")
+        scores = choice_scores(model, "decoder", batch, shared_context=once, packed=once and path != "shared_context",
+                               row_tokens=100_000 if path == "packed rows" else 0)
         loss = choice_loss(scores, batch.labels)
         loss.backward()
         losses.append(loss.detach())

@@ -120,7 +120,8 @@ class TrainConfig(Section):
     # same examples per step (the same mean gradient), less padding; float rounding differs.
     length_grouping: bool = False
     # Decoder: each item's context and 4 endings in one row, the endings masked from each other
-    # (one pass, no padding between endings; see scoring.py). Float rounding differs.
+    # (one pass, no padding between endings; in training several items share a row; see
+    # scoring.py and client.py). Float rounding differs.
     packing: bool = False
 
 

@@ -5,8 +5,9 @@ its 4 logits. Decoder: score_c = mean log-probability of the tokens of " " + end
 context (length-normalised). The decoder runs the shared context once and reuses its KV cache
 for the 4 endings (`shared_context=True`, the default); `packed=True` also runs each context
 once, in one pass: an item is one row (context, then its 4 endings), each ending masked from
-the others, so endings are not padded to the batch's longest; `shared_context=False` scores
-the 4 full sequences in one padded batch. All give the same scores (up to float rounding), and
+the others, so endings are not padded to the batch's longest (`row_tokens` puts several items in
+one row, each masked from the others, so items are not padded to the longest either);
+`shared_context=False` scores the 4 full sequences in one padded batch. All give the same scores (up to float rounding), and
 gradients flow through the context in every path.
 
 Items are tokenised once (`encode`) and padded per batch (`Encoded.batch`).
@@ -187,37 +188,63 @@ def _decoder_scores_shared(model: Any, b: DecoderBatch) -> Tensor:
     return scores.view(n, NUM_CHOICES)
 
 
-def _packed_rows(b: DecoderBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Each item as one row: context, then its 4 endings. Returns ids (B, L), position ids (B, L)
-    (every ending continues the context's positions), a boolean attention mask (B, 1, L, L) and,
-    for every ending token, the row position whose hidden state predicts it (B, 4, Te)."""
+def _pack(sizes: list[int], row_tokens: int) -> list[list[int]]:
+    """Items (by index, in order) cut into rows: each item alone (`row_tokens` 0), or as many
+    consecutive items as fit in max(row_tokens, the longest item) tokens."""
+    if row_tokens <= 0:
+        return [[i] for i in range(len(sizes))]
+    cap, rows, used = max(row_tokens, max(sizes)), [[]], 0
+    for i, size in enumerate(sizes):
+        if rows[-1] and used + size > cap:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += size
+    return rows
+
+
+def _packed_rows(b: DecoderBatch, row_tokens: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Items as rows of context, then its 4 endings (one item per row, or several: see `_pack`).
+    Returns ids (R, L), position ids (R, L) (every ending continues its context's positions), a
+    boolean attention mask (R, 1, L, L) in which a token sees the earlier tokens of its own item's
+    context and of its own ending only, and, for every ending token, the flat index into (R * L)
+    of the hidden state that predicts it (B, 4, Te)."""
     n, te = b.labels.shape[0], b.ending_ids.shape[-1]
     ctx_len, end_len = b.context_len.tolist(), b.ending_mask.sum(-1).tolist()
-    rows, segments, positions = [], [], []
+    rows = _pack([ctx_len[i] + sum(end_len[i]) for i in range(n)], row_tokens)
+    width = max(sum(ctx_len[i] + sum(end_len[i]) for i in row) for row in rows)
+    ids, items, parts, positions = [], [], [], []
     predictor = torch.zeros(n, NUM_CHOICES, te, dtype=torch.long)  # 0 at padding: gathered, masked out
-    for i in range(n):
-        c = ctx_len[i]
-        ids, seg, pos = b.context_ids[i, :c].tolist(), [0] * c, list(range(c))
-        for j in range(NUM_CHOICES):
-            length, start = end_len[i][j], len(ids)
-            predictor[i, j, 0] = c - 1  # the first ending token is predicted by the context's end
-            predictor[i, j, 1:length] = torch.arange(start, start + length - 1)
-            ids += b.ending_ids[i, j, :length].tolist()
-            seg += [j + 1] * length
-            pos += list(range(c, c + length))
-        rows.append(ids)
-        segments.append(seg)
-        positions.append(pos)
-    width = max(len(r) for r in rows)
-    seg = _pad(segments, width, -1)  # (B, L): 0 context, 1-4 ending, -1 padding
+    for r, row in enumerate(rows):
+        row_ids, row_items, row_parts, row_pos = [], [], [], []
+        for i in row:
+            c, ctx_end = ctx_len[i], r * width + len(row_ids) + ctx_len[i] - 1
+            row_ids += b.context_ids[i, :c].tolist()
+            row_items += [i] * c
+            row_parts += [0] * c
+            row_pos += list(range(c))
+            for j in range(NUM_CHOICES):
+                length, start = end_len[i][j], r * width + len(row_ids)
+                predictor[i, j, 0] = ctx_end  # the first ending token is predicted by the context's end
+                predictor[i, j, 1:length] = torch.arange(start, start + length - 1)
+                row_ids += b.ending_ids[i, j, :length].tolist()
+                row_items += [i] * length
+                row_parts += [j + 1] * length
+                row_pos += list(range(c, c + length))
+        ids.append(row_ids)
+        items.append(row_items)
+        parts.append(row_parts)
+        positions.append(row_pos)
+    item, part = _pad(items, width, -1), _pad(parts, width, -1)  # part: 0 context, 1-4 ending, -1 padding
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # (B, Lq, Lk)
-    mask = causal & visible & (seg[:, None, :] >= 0)
+    same_item = (item[:, None, :] == item[:, :, None]) & (item[:, None, :] >= 0)  # (R, Lq, Lk)
+    visible = (part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None])
+    mask = causal & same_item & visible
     mask |= torch.eye(width, dtype=torch.bool)  # padding queries see themselves: no empty softmax row
-    return _pad(rows, width, 0), _pad(positions, width, 0), mask[:, None], predictor
+    return _pad(ids, width, 0), _pad(positions, width, 0), mask[:, None], predictor
 
 
-def _decoder_scores_packed(model: Any, b: DecoderBatch) -> Tensor:
+def _decoder_scores_packed(model: Any, b: DecoderBatch, row_tokens: int = 0) -> Tensor:
     backbone, lm_head = _causal_parts(model)
     attention = getattr(backbone.config, "_attn_implementation", None)
     if attention != "sdpa":  # the boolean block mask goes to SDPA as it is; other kernels read it otherwise
@@ -225,11 +252,10 @@ def _decoder_scores_packed(model: Any, b: DecoderBatch) -> Tensor:
                          "turn train.packing / eval.packing off")
     n, te = b.labels.shape[0], b.ending_ids.shape[-1]
     device = b.context_ids.device
-    ids, positions, mask, predictor = (t.to(device) for t in _packed_rows(b))
+    ids, positions, mask, predictor = (t.to(device) for t in _packed_rows(b, row_tokens))
     hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=positions,
-                      use_cache=False).last_hidden_state  # (B, L, H)
-    index = predictor.view(n, NUM_CHOICES * te, 1).expand(-1, -1, hidden.shape[-1])
-    predictors = hidden.gather(1, index).view(n * NUM_CHOICES, te, -1)  # (B*4, Te, H)
+                      use_cache=False).last_hidden_state  # (R, L, H)
+    predictors = hidden.reshape(-1, hidden.shape[-1])[predictor.view(-1)].view(n * NUM_CHOICES, te, -1)
     scores = _ending_logprob_mean(lm_head, predictors, b.ending_ids.view(-1, te), b.ending_mask.view(-1, te).float())
     return scores.view(n, NUM_CHOICES)
 
@@ -255,18 +281,19 @@ def _decoder_scores_full(model: Any, b: DecoderBatch) -> Tensor:
 
 
 def choice_scores(model: Any, family: str, batch: Batch, shared_context: bool = True,
-                  packed: bool = False) -> Tensor:
+                  packed: bool = False, row_tokens: int = 0) -> Tensor:
     """Scores (B, 4) of the choices; cross-entropy over them is the training loss.
-    `shared_context` and `packed` choose the decoder's path (see the module's docstring)."""
+    `shared_context` and `packed` choose the decoder's path (see the module's docstring);
+    `row_tokens` > 0 packs several items per row, up to that many tokens."""
     if family == "encoder":
         kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if batch.token_type_ids is not None:
             kwargs["token_type_ids"] = batch.token_type_ids
         return _at_least_float32(model(**kwargs).logits)  # fp32 under bf16 autocast too
     if family == "decoder":
-        scorer = (_decoder_scores_packed if packed else
-                  _decoder_scores_shared if shared_context else _decoder_scores_full)
-        return scorer(model, batch)
+        if packed:
+            return _decoder_scores_packed(model, batch, row_tokens)
+        return (_decoder_scores_shared if shared_context else _decoder_scores_full)(model, batch)
     raise ValueError(f"family must be 'encoder' or 'decoder', got {family!r}")
 
 
