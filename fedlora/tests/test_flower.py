@@ -11,7 +11,7 @@ import torch
 
 from conftest import make_encoder, make_tokenizer, shared_file
 from fedlora.config import ConfigError, load_config
-from fedlora.engine import train_federation
+from fedlora.engine import build_federation, train_federation
 from fedlora.flower.records import ARRAYS, arrays_to_state, read_result, result_content, state_to_arrays
 from fedlora.flower.settings import FlowerSettings, parse_run_config, to_run_config
 from fedlora.methods import METHODS
@@ -288,6 +288,19 @@ def test_apps_reproduce_the_in_process_engine(setup, tmp_path, method):
     for name in ("summary.json", "config.yaml", "partition.json", "adapter_final/adapter_config.json",
                  "checkpoint/global.safetensors"):
         assert (tmp_path / "flower" / name).is_file(), name
+
+
+def test_a_node_tokenises_only_its_own_partition(setup):
+    """A SuperNode's process builds its own client's data, the same as the full build's, and
+    neither the other clients' nor the eval set (the apps test above serves every node from one
+    process, so the lazily added partitions are exercised there)."""
+    cfg = tiny_config(setup)
+    full = build_federation(cfg, log=lambda _: None)
+    node = build_federation(cfg, log=lambda _: None, node=1)
+    assert node.eval_data is None and [d is None for d in node.client_data] == [True, False, True]
+    assert node.client_items == full.client_items
+    assert (node.client_data[1].pairs, node.client_data[1].labels) == (full.client_data[1].pairs,
+                                                                        full.client_data[1].labels)
 
 
 @pytest.mark.parametrize(("method", "clipping"), [("fedavg", "client"), ("svd", "server")])

@@ -86,7 +86,10 @@ def _load_model(cfg: RunConfig, device: torch.device, log: Log):
     return _MODEL_CACHE[key]
 
 
-def build_federation(cfg: RunConfig, log: Log = print) -> Federation:
+def build_federation(cfg: RunConfig, log: Log = print, node: int | None = None) -> Federation:
+    """Data, partition, model and method of a run. `node`: built for the Flower SuperNode holding
+    that client, which tokenises its own partition only (the other clients' `client_data` are None)
+    and neither the eval set nor the held-out items (the ServerApp scores those)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)  # before the data: a missing GPU fails at once
@@ -112,14 +115,15 @@ def build_federation(cfg: RunConfig, log: Log = print) -> Federation:
     return Federation(
         cfg=cfg, model=model, tokenizer=tokenizer, family=family, method=method,
         partition=partition, client_items=client_items,
-        client_data=[encode(items, tokenizer, family, max_len) for items in client_items],
-        eval_data=encode(pools.eval, tokenizer, family, max_len),
+        client_data=[encode(items, tokenizer, family, max_len) if node in (None, k) else None
+                     for k, items in enumerate(client_items)],
+        eval_data=encode(pools.eval, tokenizer, family, max_len) if node is None else None,
         partition_stats={"scheme": partition.scheme, "fallback_reason": partition.fallback_reason,
                          **partition_stats(partition, [it.activity_label for it in pools.train])},
         eval_precision=precision["eval"],
         client_ranks=ranks,
         holdout_data=[encode([pools.train[i] for i in idx], tokenizer, family, max_len) for idx in held]
-        if held is not None else None,
+        if held is not None and node is None else None,
     )
 
 

@@ -1,8 +1,9 @@
 """Flower ClientApp: local training and scoring with the package's own code.
 
-The Federation (data, partition, model, tokenised pools) is built once per process and cached
-at module level: Flower's simulation keeps its worker processes between messages, so only the
-first message of a worker pays for it. torch and the model code are imported on first use only,
+The Federation (data, partition, model) is built once per process and cached at module level:
+Flower's simulation keeps its worker processes between messages, so only the first message of a
+worker pays for it. A node tokenises its own partition only, never the other clients' or the eval
+set (in a deployment every message starts a fresh process and pays the build). torch and the model code are imported on first use only,
 so the partition query (one short-lived process per node in a deployment) starts fast. The node's partition comes from
 `context.node_config["partition-id"]`; per-node bookkeeping lives in `context.state`.
 """
@@ -26,16 +27,22 @@ app = ClientApp()
 _FEDERATION: dict[str, "Federation"] = {}
 
 
-def federation_for(context: Context) -> "Federation":
-    """The process-wide Federation of this run's config (built on first use)."""
+def federation_for(context: Context) -> tuple["Federation", int]:
+    """(the process-wide Federation of this run's config and node, built on first use; the node's
+    client index)."""
     from fedlora.engine import build_federation
+    from fedlora.scoring import encode
 
+    cfg, _ = parse_run_config(context.run_config)
+    pid = partition_id(context, cfg.federation.num_clients)
     key = repr(sorted(context.run_config.items()))
     if key not in _FEDERATION:
-        cfg, _ = parse_run_config(context.run_config)
         _FEDERATION.clear()  # one model in memory per process
-        _FEDERATION[key] = build_federation(cfg, log=log.info)
-    return _FEDERATION[key]
+        _FEDERATION[key] = build_federation(cfg, log=log.info, node=pid)
+    fed = _FEDERATION[key]
+    if fed.client_data[pid] is None:  # a simulation worker serves several nodes in turn
+        fed.client_data[pid] = encode(fed.client_items[pid], fed.tokenizer, fed.family, cfg.data.max_length)
+    return fed, pid
 
 
 def partition_id(context: Context, num_clients: int) -> int:
@@ -76,8 +83,7 @@ def train(msg: Message, context: Context) -> Message:
     from fedlora.engine import client_update
     from fedlora.flower.records import ARRAYS, arrays_to_state, read_train_config, result_content
 
-    fed = federation_for(context)
-    pid = partition_id(context, fed.cfg.federation.num_clients)
+    fed, pid = federation_for(context)
     round_idx, client = read_train_config(msg.content)
     if client != pid:
         raise ValueError(f"train message for client {client} reached the node holding partition {pid}")
@@ -95,8 +101,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     from fedlora.evaluation import evaluate
     from fedlora.flower.records import ARRAYS, METRICS, arrays_to_state
 
-    fed = federation_for(context)
-    pid = partition_id(context, fed.cfg.federation.num_clients)
+    fed, pid = federation_for(context)
     write_state(fed.model, arrays_to_state(msg.content[ARRAYS]))
     scores = evaluate(fed.model, fed.family, fed.client_data[pid], fed.cfg.eval.batch_size, fed.eval_precision,
                       fed.cfg.eval.packing)
