@@ -49,6 +49,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) fedlora/benchmarks/bench_round.py
 	$(PY) fedlora/benchmarks/bench_throughput.py
+	$(PY) fedlora/benchmarks/bench_flower.py
 	$(PY) hyperunmix/benchmarks/bench_speed.py
 	$(PY) hyperunmix/benchmarks/bench_memory.py
 

@@ -7,13 +7,18 @@ Reports total wall time, start-up (processes, node discovery), and per round the
 for client replies vs the time the in-process engine spends training the same clients; the
 difference is messaging overhead (per-message process start, polling). The deployment runs
 twice: with this package's polling (SuperExec 1 s as Flower, ServerApp replies every 1 s instead
-of Flower's 3 s) and with 0.2 s for both.
+of Flower's 3 s) and with 0.2 s for both. A fresh process, as a deployment starts for every
+message, measures what a message pays before it trains (imports, config, data, model). The
+default config is MiniLM with about 10 s of training per client and round (1 thread), so the
+fixed costs are weighed against real work. Results: results/bench_flower.{json,md}, with
+`deploy_round_over_inprocess` (mean deployment round / mean in-process round).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -27,8 +32,36 @@ from fedlora.flower.run import flower_deploy, flower_simulate
 from fedlora.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SET = ["rounds=3", "federation.num_clients=3", "federation.fraction=0.67", "federation.min_client_size=4",
-               "data.train_size=120", "threads=1"]
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_SET = ["rounds=3", "federation.num_clients=3", "federation.fraction=0.67", "data.train_size=600",
+               "data.eval_size=50", "train.max_local_steps=6", "threads=1"]
+# What a fresh ClientApp process pays before it trains, stage by stage (run in a new interpreter).
+MESSAGE_COST = """
+import json, sys, time
+t = [time.perf_counter()]
+import torch; t.append(time.perf_counter())
+import transformers, peft; t.append(time.perf_counter())
+import fedlora.flower, flwr.clientapp; t.append(time.perf_counter())
+from fedlora.config import load_config
+from fedlora.data import load_pools
+from fedlora.engine import build_federation
+cfg = load_config(sys.argv[1], json.loads(sys.argv[2])); t.append(time.perf_counter())
+load_pools(cfg.data, cfg.seed, log=lambda _: None); t.append(time.perf_counter())
+build_federation(cfg, log=lambda _: None, node=0); t.append(time.perf_counter())
+names = ["import_torch_s", "import_transformers_peft_s", "import_flower_s", "config_s", "read_pools_s",
+         "node_federation_s"]
+print(json.dumps({n: b - a for n, a, b in zip(names, t, t[1:])}))
+"""
+
+
+def message_cost(config: str, overrides: list[str]) -> dict:
+    """Stages of a fresh process's start (node_federation_s reads the pools again, loads the model
+    and tokenises the node's partition)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", MESSAGE_COST, config, json.dumps(overrides)], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def round_stats(run: Path) -> dict:
@@ -49,9 +82,10 @@ def timed(label: str, fn) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "tiny.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "cpu-minilm.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", default=None, help="folder for the run folders and bench_flower.json")
+    parser.add_argument("--out", default=None, help="folder for the run folders (default: a temporary one)")
+    parser.add_argument("--results", default=str(RESULTS), help="folder for bench_flower.json and .md")
     parser.add_argument("--skip-fast-polling", action="store_true", help="only the default-polling deployment")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -64,8 +98,9 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
-    build_federation(cfg, log=quiet)  # what every fresh ClientApp process pays before training
+    build_federation(cfg, log=quiet)  # the whole federation, as the ServerApp and in-process engine build it
     results["build_federation_s"] = {"wall_s": time.perf_counter() - t0}
+    results["message_cost"] = message_cost(args.config, DEFAULT_SET + args.overrides)
     results["in-process"] = timed("in-process", lambda: train_federation(cfg, out / "in-process", overwrite=True,
                                                                         log=quiet))
     results["flower-simulation"] = timed("simulation", lambda: flower_simulate(
@@ -73,8 +108,6 @@ def main() -> None:
     results["flower-deployment"] = timed("deployment (1 s polling)", lambda: flower_deploy(
         cfg, out / "deployment", log=quiet, timeout_s=1800))
     if not args.skip_fast_polling:
-        import os
-
         os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = "0.2"
         try:
             results["flower-deployment-fast-polling"] = timed("deployment (0.2 s polling)", lambda: flower_deploy(
@@ -102,12 +135,28 @@ def main() -> None:
                      f"{discovery if discovery is None else round(discovery, 1)} | "
                      f"{statistics.mean(stats['round_s']):.1f} | {wait:.1f} | {wait - base_wait:.1f} | "
                      f"{stats['final_accuracy']:.4f} | {stats['final_loss']:.4f} |")
-    text = "\n".join(table)
+    rounds = {key: statistics.mean(results[key]["rounds"]["round_s"]) for key in folders if key in results}
+    for key, name in (("flower-simulation", "simulation"), ("flower-deployment", "deploy")):
+        results[f"{name}_round_over_inprocess"] = rounds[key] / rounds["in-process"]
+    trained = results["in-process"]["rounds"]
+    per_client = statistics.mean(trained["train_wait_s"]) / trained["clients_per_round"]
+    cost = results["message_cost"]
+    lines = table + ["", f"Deployment round / in-process round: {results['deploy_round_over_inprocess']:.2f}x "
+                     f"(simulation: {results['simulation_round_over_inprocess']:.2f}x). In-process training per "
+                     f"client and round: {per_client:.1f} s.", "",
+                     "What one fresh ClientApp process pays before it trains (a deployment starts one per message):",
+                     "", "| stage | s |", "|---|---|"]
+    lines += [f"| {name.removesuffix('_s').replace('_', ' ')} | {value:.2f} |" for name, value in cost.items()]
+    lines += [f"| total | {sum(cost.values()):.2f} |"]
+    text = "\n".join(lines)
     print(text)
-    print(f"\nbuild_federation (paid by every fresh ClientApp process in a deployment): "
-          f"{results['build_federation_s']['wall_s']:.1f} s")
-    (out / "bench_flower.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (out / "bench_flower.md").write_text(text + "\n")
+    results["config"] = {"file": args.config, "set": DEFAULT_SET + args.overrides}
+    results["load_average"] = os.getloadavg()
+    folder = Path(args.results)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench_flower.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (folder / "bench_flower.md").write_text(f"# Flower vs in-process: {cfg.model.name}, {cfg.federation.num_clients} "
+                                            f"clients, {cfg.rounds} rounds\n\n" + text + "\n")
 
 
 if __name__ == "__main__":

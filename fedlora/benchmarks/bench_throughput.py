@@ -30,7 +30,7 @@ from fedlora.evaluation import evaluate  # noqa: E402
 from fedlora.models import initial_state  # noqa: E402
 from fedlora.precision import native_bf16  # noqa: E402
 from fedlora.progress import Progress  # noqa: E402
-from fedlora.scoring import Encoded, _pack  # noqa: E402
+from fedlora.scoring import Encoded, pack_rows  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -50,7 +50,7 @@ def batch_tokens(data: Encoded, idx: list[int], packed: bool = False, row_tokens
     real = sum(ctx) + sum(ends)
     if packed:  # rows of one or more items, each its context + its 4 endings
         sizes = [c + sum(map(len, data.endings[i])) for c, i in zip(ctx, idx)]
-        rows = _pack(sizes, row_tokens)
+        rows = pack_rows(sizes, row_tokens)
         return real, len(rows) * max(sum(sizes[j] for j in row) for row in rows)
     return real, len(idx) * max(ctx) + len(ends) * max(ends)
 

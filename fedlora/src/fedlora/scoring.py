@@ -7,8 +7,8 @@ for the 4 endings (`shared_context=True`, the default); `packed=True` also runs 
 once, in one pass: an item is one row (context, then its 4 endings), each ending masked from
 the others, so endings are not padded to the batch's longest (`row_tokens` puts several items in
 one row, each masked from the others, so items are not padded to the longest either);
-`shared_context=False` scores the 4 full sequences in one padded batch. All give the same scores (up to float rounding), and
-gradients flow through the context in every path.
+`shared_context=False` scores the 4 full sequences in one padded batch. All give the same scores
+(up to float rounding), and gradients flow through the context in every path.
 
 Items are tokenised once (`encode`) and padded per batch (`Encoded.batch`).
 """
@@ -188,7 +188,7 @@ def _decoder_scores_shared(model: Any, b: DecoderBatch) -> Tensor:
     return scores.view(n, NUM_CHOICES)
 
 
-def _pack(sizes: list[int], row_tokens: int) -> list[list[int]]:
+def pack_rows(sizes: list[int], row_tokens: int) -> list[list[int]]:
     """Items (by index, in order) cut into rows: each item alone (`row_tokens` 0), or as many
     consecutive items as fit in max(row_tokens, the longest item) tokens."""
     if row_tokens <= 0:
@@ -204,14 +204,14 @@ def _pack(sizes: list[int], row_tokens: int) -> list[list[int]]:
 
 
 def _packed_rows(b: DecoderBatch, row_tokens: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Items as rows of context, then its 4 endings (one item per row, or several: see `_pack`).
+    """Items as rows of context, then its 4 endings (one item per row, or several: see `pack_rows`).
     Returns ids (R, L), position ids (R, L) (every ending continues its context's positions), a
     boolean attention mask (R, 1, L, L) in which a token sees the earlier tokens of its own item's
     context and of its own ending only, and, for every ending token, the flat index into (R * L)
     of the hidden state that predicts it (B, 4, Te)."""
     n, te = b.labels.shape[0], b.ending_ids.shape[-1]
     ctx_len, end_len = b.context_len.tolist(), b.ending_mask.sum(-1).tolist()
-    rows = _pack([ctx_len[i] + sum(end_len[i]) for i in range(n)], row_tokens)
+    rows = pack_rows([ctx_len[i] + sum(end_len[i]) for i in range(n)], row_tokens)
     width = max(sum(ctx_len[i] + sum(end_len[i]) for i in row) for row in rows)
     ids, items, parts, positions = [], [], [], []
     predictor = torch.zeros(n, NUM_CHOICES, te, dtype=torch.long)  # 0 at padding: gathered, masked out

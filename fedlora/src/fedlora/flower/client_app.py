@@ -3,8 +3,9 @@
 The Federation (data, partition, model) is built once per process and cached at module level:
 Flower's simulation keeps its worker processes between messages, so only the first message of a
 worker pays for it. A node tokenises its own partition only, never the other clients' or the eval
-set (in a deployment every message starts a fresh process and pays the build). torch and the model code are imported on first use only,
-so the partition query (one short-lived process per node in a deployment) starts fast. The node's partition comes from
+set (in a deployment every message starts a fresh process and pays the build). torch and the
+model code are imported on first use only, so the partition query (one short-lived process per
+node in a deployment) starts fast. The node's partition comes from
 `context.node_config["partition-id"]`; per-node bookkeeping lives in `context.state`.
 """
 from __future__ import annotations
