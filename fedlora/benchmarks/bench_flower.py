@@ -150,7 +150,9 @@ def main() -> None:
     lines += [f"| total | {sum(cost.values()):.2f} |"]
     text = "\n".join(lines)
     print(text)
-    results["config"] = {"file": args.config, "set": DEFAULT_SET + args.overrides}
+    config = Path(args.config).resolve()
+    shown = config.relative_to(ROOT.parent) if config.is_relative_to(ROOT.parent) else config.name
+    results["config"] = {"file": str(shown), "set": DEFAULT_SET + args.overrides}
     results["load_average"] = os.getloadavg()
     folder = Path(args.results)
     folder.mkdir(parents=True, exist_ok=True)
