@@ -27,8 +27,9 @@ from fedlora.state import AdapterState
 # Training micro-batches are random in length, so one packed row per item pads each item to the
 # longest (18% of the tokens on drift-smollm2-135m); several items per row pad nothing. Measured
 # there (bf16, 10 steps of 4 items, alternating): rows of up to 1024 tokens train 1.15x faster than
-# one row per item, 512 about the same, 256 only 1.02x. Evaluation keeps one row per item: its
-# batches are sorted by length, and multi-item rows made it 1.1-2x slower (longer attention rows).
+# one row per item, 512 about the same, 256 only 1.02x (`make bench`, cpu-smollm2-135m: 1.21x).
+# Evaluation keeps one row per item: its batches are sorted by length, and multi-item rows made it
+# 1.1-2x slower (longer attention rows).
 PACKED_ROW_TOKENS = 1024
 
 
