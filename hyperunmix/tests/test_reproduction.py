@@ -113,6 +113,23 @@ def test_results_table_matches_results_csv(tmp_path: Path):
     assert by_cell["samson", "vca-fcls"][2] == "3 of 3"
 
 
+def test_best_of_seeds_table_names_the_lowest_value_and_its_seed(tmp_path: Path):
+    bench = make_bench(tmp_path / "bench")
+    source = source_rows(bench)
+    header, rows = tables(render([bench], tmp_path / "page.md"))["Best of the seeds"]
+    assert header == ["dataset", "method", "n", "lowest mean SAD (deg)", "lowest aRMSE"]
+    # oracle-fcls on jasper-ridge has no finished seed, so it has no row
+    assert {(r[0], r[1]) for r in rows} == {(d, m) for d in DATASETS for m in METHODS} - {("jasper-ridge",
+                                                                                           "oracle-fcls")}
+    for dataset, method, n, sad, armse in rows:
+        mine = [r for r in source if (r["dataset"], r["method"], r["status"]) == (dataset, method, "ok")]
+        assert n == f"{len(mine)} of {len(SEEDS)}"
+        for cell, key, digits in ((sad, "mean_sad_deg", 2), (armse, "armse", 3)):
+            best = min(mine, key=lambda r: float(r[key]))
+            assert cell == f"{float(best[key]):.{digits}f} (seed {best['seed']})"
+    assert len({r[3] for r in rows}) > 1  # not one value everywhere
+
+
 def test_scene_without_ground_truth_shows_reconstruction_error_only(tmp_path: Path):
     bench = tmp_path / "bench-urban"
     rows = []
@@ -126,6 +143,7 @@ def test_scene_without_ground_truth_shows_reconstruction_error_only(tmp_path: Pa
     (bench / "results.csv").write_text(csv_text(rows))
     header, table = tables(render([bench], tmp_path / "page.md"))["Results"]
     assert header == ["dataset", "method", "n", "reconstruction RMSE", "fit time (s)"]
+    assert "Best of the seeds" not in tables(render([bench], tmp_path / "page.md"))  # no ground truth
     assert table[0][3] == expected_cell(source_rows(bench), "urban-subimage", "vca-fcls", "reconstruction_rmse", 4)
 
 
