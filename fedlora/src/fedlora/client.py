@@ -23,7 +23,6 @@ from fedlora.precision import autocast, resolve_precision
 from fedlora.scoring import Encoded, batch_to, choice_loss, choice_scores
 from fedlora.state import AdapterState
 
-
 # Training micro-batches are random in length, so one packed row per item pads each item to the
 # longest (18% of the tokens on drift-smollm2-135m); several items per row pad nothing. Measured
 # there (bf16, 10 steps of 4 items, alternating): rows of up to 1024 tokens train 1.15x faster than
