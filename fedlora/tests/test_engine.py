@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+import fedlora
 from conftest import make_encoder, make_tokenizer, shared_file
-from fedlora import files
+from fedlora import engine, files
 from fedlora.config import ConfigError, config_from_dict, load_config
 from fedlora.engine import train_federation
 from fedlora.lock import FolderBusy
@@ -188,8 +189,6 @@ def test_per_item_eval_records_match_the_metrics(tiny_model_dir, tmp_path):
 
 
 def test_zero_shot_is_evaluated_once_per_setting_and_shared_by_methods(tiny_model_dir, tmp_path, monkeypatch):
-    from fedlora import engine
-
     engine._ZERO_SHOT_CACHE.clear()
     calls = []
     real = engine.evaluate_state
@@ -497,3 +496,16 @@ def test_private_runs_report_epsilon_and_the_no_op_limit_matches_the_plain_run(t
         assert a.clients == b.clients
         assert b.accuracy == pytest.approx(a.accuracy, abs=1 / 16 + 1e-9)  # at most one eval item flips
         assert b.loss == pytest.approx(a.loss, abs=1e-4)
+
+
+def test_runs_record_the_code_commit_they_ran():
+    """summary.json's machine facts name the git commit of the fedlora source (None outside a
+    checkout), so a result can be traced to the code that produced it."""
+    source = Path(engine.__file__).parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True)
+    facts = engine.machine_facts()
+    if head.returncode != 0:  # an installed copy, not a checkout
+        assert facts["git_commit"] is None
+    else:
+        assert facts["git_commit"] in (head.stdout.strip(), head.stdout.strip() + "+dirty")
+    assert facts["fedlora"] == fedlora.__version__

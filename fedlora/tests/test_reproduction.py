@@ -84,7 +84,8 @@ def write_run(folder: Path, method: str, seed: int, recorded: bool = True, switc
     if status == "complete":
         summary = {"method": method, "seed": seed, "model": cfg.model.name,
                    **summarize([RoundRecord.from_json(m) for m in metrics]),
-                   "wall_s": 10.0 + seed + OFFSET[method]}
+                   "wall_s": 10.0 + seed + OFFSET[method],
+                   "machine": {"git_commit": None if method == "svd" else "c0ffee"}}
         (folder / "summary.json").write_text(json.dumps(summary))
 
 
@@ -234,6 +235,7 @@ def test_direction_attribution_plots_and_provenance(sweep: Path, tmp_path: Path)
     assert "--seeds 42,43,44" in text and "rounds: 4" in text and "torch threads (config `threads`): 1" in text
     total = sum(s["wall_s"] for s in source.values())
     assert f"{total:.1f} s over {len(source)} complete runs" in text
+    assert "- code (summary.json `machine.git_commit`): c0ffee, not recorded\n" in text
 
 
 def test_cli_and_bad_input(sweep: Path, tmp_path: Path, capsys):

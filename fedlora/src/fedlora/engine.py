@@ -8,6 +8,7 @@ replays the same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from fedlora import __version__
 from fedlora.adapters import save_merged_model, save_peft_adapter, write_state
 from fedlora.client import ClientResult, local_update, resolve_train
 from fedlora.config import FAMILY_DEFAULTS, RunConfig
@@ -281,10 +283,29 @@ def run_round(fed: Federation, state: AdapterState, round_idx: int,
     return server_update(fed, state, round_idx, clients, results, time.perf_counter() - t0)
 
 
+def code_commit() -> str | None:
+    """The git commit of the fedlora source that runs ("+dirty" with uncommitted changes), or None
+    when it does not run from a git checkout (an installed wheel)."""
+    source = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", str(source.parents[1]))
+    return commit + ("+dirty" if changed else "")
+
+
 def machine_facts() -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
-            "torch": torch.__version__}
+            "torch": torch.__version__, "fedlora": __version__, "git_commit": code_commit()}
 
 
 class RunRecorder:

@@ -603,7 +603,10 @@ def machine_lines(runs: list[dict]) -> list[str]:
     devices = sorted({r["config"].device for r in runs})
     walls = [v for r in runs if (v := _value(r, "wall_s")) is not None]
     total = f"{sum(walls):.1f} s over {len(walls)} complete runs" if walls else "no complete run"
-    return [f"- CPU count (machine that rendered this page): {os.cpu_count()}; platform {platform.platform()}",
+    machines = [r["summary"].machine or {} for r in runs if r["summary"] is not None]
+    commits = sorted({str(m.get("git_commit") or "not recorded") for m in machines})
+    return [f"- code (summary.json `machine.git_commit`): {', '.join(commits) or 'no complete run'}",
+            f"- CPU count (machine that rendered this page): {os.cpu_count()}; platform {platform.platform()}",
             f"- torch threads (config `threads`): {', '.join(threads)}; device (config): {', '.join(devices)}",
             f"- wall time (summary.json `wall_s`): {total}; per run in the per-run table", ""]
 
