@@ -9,7 +9,7 @@ difference is messaging overhead (per-message process start, polling). The deplo
 twice: with this package's polling (SuperExec 1 s as Flower, ServerApp replies every 1 s instead
 of Flower's 3 s) and with 0.2 s for both. A fresh process, as a deployment starts for every
 message, measures what a message pays before it trains (imports, config, data, model). The
-default config is MiniLM with about 10 s of training per client and round (1 thread), so the
+default config is MiniLM with about 17 s of training per client and round (1 thread), so the
 fixed costs are weighed against real work. Results: results/bench_flower.{json,md}, with
 `deploy_round_over_inprocess` (mean deployment round / mean in-process round).
 """
@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,8 +58,6 @@ print(json.dumps({n: b - a for n, a, b in zip(names, t, t[1:])}))
 def message_cost(config: str, overrides: list[str]) -> dict:
     """Stages of a fresh process's start (node_federation_s reads the pools again, loads the model
     and tokenises the node's partition)."""
-    import subprocess
-
     out = subprocess.run([sys.executable, "-c", MESSAGE_COST, config, json.dumps(overrides)], check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
