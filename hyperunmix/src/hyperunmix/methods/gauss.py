@@ -34,7 +34,7 @@ from hyperunmix.methods.base import (
 from hyperunmix.methods.losses import guide_loss, reconstruction_loss
 from hyperunmix.methods.neighbourhoods import Streamed, Unfolded
 from hyperunmix.methods.networks import ApproximationNetwork, MixingNetwork, UnmixingNetwork
-from hyperunmix.methods.nfindr import cofactors
+from hyperunmix.methods.nfindr import max_volume_swaps
 from hyperunmix.methods.patches import gather_patches, predict_tiled
 from hyperunmix.methods.training import seeded, shuffled, train
 from hyperunmix.scene import least_squares_scales
@@ -54,7 +54,7 @@ EXHAUSTIVE_SUBSETS = 20000  # above this many p-subsets of the centroids, N-FIND
 def extreme_centroids(centroids: np.ndarray, p: int, data: np.ndarray) -> np.ndarray:
     """Indices of the p rows of `centroids` (K, L) spanning the simplex of largest volume in the
     (p-1)-dimensional principal subspace of `data` (n, L): every p-subset when there are at most
-    `EXHAUSTIVE_SUBSETS`, else vertex-by-vertex swaps from the first p (sorted)."""
+    `EXHAUSTIVE_SUBSETS`, else N-FINDR's swaps from the first p (sorted)."""
     K = centroids.shape[0]
     mean = data.mean(axis=0)
     _, _, Vt = np.linalg.svd(data - mean, full_matrices=False)
@@ -63,18 +63,7 @@ def extreme_centroids(centroids: np.ndarray, p: int, data: np.ndarray) -> np.nda
         subsets = list(combinations(range(K), p))
         volumes = np.abs(np.linalg.det(np.stack([points[:, list(s)] for s in subsets])))
         return np.array(subsets[int(np.argmax(volumes))])
-    chosen = np.arange(p)
-    for _ in range(10):
-        changed = False
-        for i in range(p):
-            volumes = np.abs(cofactors(points[:, chosen], i) @ points)
-            volumes[np.delete(chosen, i)] = -1.0
-            best = int(np.argmax(volumes))
-            if best != chosen[i] and volumes[best] > volumes[chosen[i]] * (1 + 1e-12):
-                chosen[i], changed = best, True
-        if not changed:
-            break
-    return np.sort(chosen)
+    return np.sort(max_volume_swaps(points, np.arange(p)))
 
 
 class GAUSS(Unmixer):

@@ -31,6 +31,25 @@ def cofactors(M: np.ndarray, column: int) -> np.ndarray:
     return out
 
 
+def max_volume_swaps(augmented: np.ndarray, indices: np.ndarray, max_sweeps: int = 10) -> np.ndarray:
+    """N-FINDR's search: each vertex in turn replaced by the candidate column of `augmented`
+    (p, N), [1; x] per candidate, that maximises the simplex volume, until a sweep changes none.
+    Returns the p chosen column indices, starting from `indices`."""
+    indices = np.array(indices)
+    for _ in range(max_sweeps):
+        changed = False
+        for i in range(len(indices)):
+            volumes = np.abs(cofactors(augmented[:, indices], i) @ augmented)
+            volumes[np.delete(indices, i)] = -1.0  # a vertex twice spans no volume
+            best = int(np.argmax(volumes))
+            if volumes[best] > volumes[indices[i]] * (1 + 1e-12) and best != indices[i]:
+                indices[i] = best
+                changed = True
+        if not changed:
+            break
+    return indices
+
+
 def nfindr(Y: np.ndarray, p: int, seed: int | None = 0, max_sweeps: int = 10):
     """Endmembers E (L, p) (original pixels) and their indices. Y is (L, N)."""
     Y = np.asarray(Y, dtype=np.float64)
@@ -39,17 +58,7 @@ def nfindr(Y: np.ndarray, p: int, seed: int | None = 0, max_sweeps: int = 10):
         raise ValueError(f"p={p} must be between 2 and min(L, N) = {min(L, N)}")
     rng = np.random.default_rng(seed)
     augmented = np.vstack([np.ones((1, N)), pca_reduce(Y, p - 1)])  # (p, N)
-    indices = rng.choice(N, size=p, replace=False)
-    for _ in range(max_sweeps):
-        changed = False
-        for i in range(p):
-            volumes = np.abs(cofactors(augmented[:, indices], i) @ augmented)
-            best = int(np.argmax(volumes))
-            if volumes[best] > volumes[indices[i]] * (1 + 1e-12) and best != indices[i]:
-                indices[i] = best
-                changed = True
-        if not changed:
-            break
+    indices = max_volume_swaps(augmented, rng.choice(N, size=p, replace=False), max_sweeps)
     return Y[:, indices], indices
 
 
