@@ -252,6 +252,39 @@ def test_heterogeneous_ranks_run_end_to_end(tiny_model_dir, tmp_path, method):
         assert (overlap != overlap) if method == "flora" else 0 <= overlap <= 1 + 1e-6  # FLoRA's B_g = 0: nan
 
 
+def test_hetlora_self_pruning_lowers_client_ranks_and_resumes_bit_identically(tiny_model_dir, tmp_path):
+    # Every client trains every round. Round 1 starts from B = 0, a zero tail, which cannot shrink;
+    # in round 2 the tail (round 1's two Adam steps) is no smaller after two more; from round 3 on
+    # every client halves its rank, down to 1. (Without the regulariser no client ever prunes here;
+    # lambda 50 and 1000 prune in the same rounds: Adam's steps do not scale with the gradient.)
+    cfg = tiny_config(tiny_model_dir, rounds=4, **{"method.name": "hetlora", "method.prune_gamma": 0.5,
+                                                   "method.prune_lambda": 1.0, "federation.fraction": 1.0})
+    train_federation(cfg, tmp_path / "full", log=lambda m: None)
+    full = RunDir(tmp_path / "full")
+    metrics = full.read_metrics()
+    assert [m.client_ranks for m in metrics] == [[4] * 4, [4] * 4, [2] * 4, [1] * 4]
+    assert metrics[0].bytes_up == metrics[1].bytes_up > metrics[2].bytes_up > metrics[3].bytes_up
+    assert all(m.penalty_share > 0 for m in metrics)  # the regulariser is part of the client objective
+    state, round_state = full.load_checkpoint()
+    assert round_state["client_ranks"] == [1] * 4
+    assert full.read_summary().method_spec["prune_gamma"] == 0.5
+    assert full.read_summary().method == "hetlora:prune_gamma=0.5:prune_lambda=1.0"
+    cut = interrupted_run(cfg, tmp_path / "cut", stop=2)
+    train_federation(None, cut.path, resume=True, log=lambda m: None)
+    assert without_timing(cut.read_metrics()) == without_timing(metrics)
+    assert_same_eval_items(cut, full)
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    ({"method.prune_gamma": 0.5}, "method 'subspace' has no rank self-pruning.*methods that do: hetlora"),
+    ({"method.name": "hetlora", "method.prune_lambda": 0.1}, "prune_lambda is set but rank self-pruning is off"),
+    ({"method.name": "hetlora", "method.prune_gamma": 1.0}, r"method\.prune_gamma: .*less than 1"),
+])
+def test_bad_self_pruning_settings_fail_at_config_validation(tiny_model_dir, overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        tiny_config(tiny_model_dir, **overrides)
+
+
 def test_personal_b_stays_on_each_client_and_is_scored_on_its_held_out_items(tiny_model_dir, tmp_path):
     from fedlora.engine import build_federation
 

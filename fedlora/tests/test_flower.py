@@ -12,7 +12,7 @@ import torch
 from conftest import make_encoder, make_tokenizer, shared_file
 from fedlora.config import ConfigError, load_config
 from fedlora.engine import build_federation, train_federation
-from fedlora.flower.records import ARRAYS, arrays_to_state, read_result, result_content, state_to_arrays
+from fedlora.flower.records import ARRAYS, METRICS, arrays_to_state, read_result, result_content, state_to_arrays
 from fedlora.flower.settings import FlowerSettings, parse_run_config, to_run_config
 from fedlora.methods import METHODS
 from fedlora.records import RoundRecord
@@ -194,7 +194,14 @@ def test_a_lower_rank_client_sends_its_own_components_and_the_server_pads_them()
     _, result = read_result(content, lambda c: start.truncated(2), lambda c: 2)
     for k, t in result.state.flat_dict().items():
         assert torch.equal(t, trained.flat_dict()[k]), k
-    with pytest.raises(ValueError, match="has shape"):  # a reply cut to another rank is named
+    assert result.rank == 2
+    # The reply's rank is the client's (self-pruning lowers it): the server pads by it...
+    _, pruned = read_result(content, lambda c: start.truncated(3), lambda c: 3)
+    assert pruned.rank == 2 and torch.equal(pruned.state.flat_dict()["lora::layer0::B"], trained.lora["layer0"].B)
+    with pytest.raises(ValueError, match="claims rank 2; its rank was 1 and cannot grow"):
+        read_result(content, lambda c: start.truncated(1), lambda c: 1)
+    content[METRICS]["rank"] = 3  # ...and factors cut to another rank than the reply's are named
+    with pytest.raises(ValueError, match="has shape"):
         read_result(content, lambda c: start.truncated(3), lambda c: 3)
 
 
@@ -288,6 +295,19 @@ def test_apps_reproduce_the_in_process_engine(setup, tmp_path, method):
     for name in ("summary.json", "config.yaml", "partition.json", "adapter_final/adapter_config.json",
                  "checkpoint/global.safetensors"):
         assert (tmp_path / "flower" / name).is_file(), name
+
+
+def test_self_pruned_client_ranks_travel_with_the_messages(setup, tmp_path):
+    # HetLoRA's rank self-pruning: each train message tells the node its rank as the server knows
+    # it, the reply reports the rank after pruning, and the server pads the factors by it.
+    cfg = tiny_config(setup, rounds=4, **{"method.name": "hetlora", "method.prune_gamma": 0.5,
+                                          "method.prune_lambda": 1.0, "federation.fraction": 1.0})
+    train_federation(cfg, tmp_path / "engine")
+    run_inline(cfg, tmp_path / "flower")
+    flower, engine = read_metrics(tmp_path / "flower"), read_metrics(tmp_path / "engine")
+    assert_same_run(flower, engine, tol=0.0)
+    assert [m.client_ranks for m in flower] == [m.client_ranks for m in engine]
+    assert engine[0].client_ranks == [4, 4, 4] and max(engine[-1].client_ranks) < 4  # clients pruned
 
 
 def test_a_node_tokenises_only_its_own_partition(setup):

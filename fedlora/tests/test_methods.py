@@ -279,6 +279,44 @@ def test_flexlora_clients_start_from_the_best_approximation_at_their_rank(round_
             torch.testing.assert_close(S * f.B @ f.A, best, rtol=0, atol=1e-12)
 
 
+def test_self_pruning_keeps_floor_gamma_r_components_and_never_drops_to_zero():
+    from fedlora.methods.hetlora import kept_rank
+
+    assert [kept_rank(r, 0.7) for r in (10, 4, 2, 1)] == [7, 2, 1, 1]
+    assert kept_rank(8, 0.99) == 7 and kept_rank(3, 0.5) == 1
+
+
+def test_self_pruning_regulariser_is_the_tail_norm_product_and_prunes_only_a_shrunk_tail():
+    from fedlora.methods.hetlora import RankSelfPruning, tail_norm_product
+
+    start = random_adapter(0).truncated(3).lora  # a client of rank 3: components 3.. are zero
+    t = 1  # kept_rank(3, 0.5)
+    expected = sum(torch.linalg.vector_norm(f.A[t:3]) * torch.linalg.vector_norm(f.B[:, t:3]) for f in start.values())
+    torch.testing.assert_close(tail_norm_product(start, 3, 0.5), expected, rtol=1e-15, atol=0)
+    pruning = RankSelfPruning(start, rank=3, gamma=0.5, lam=0.1)
+    torch.testing.assert_close(pruning(start), 0.1 * expected, rtol=1e-15, atol=0)
+
+    def scaled_tail(c):
+        return {n: LoraFactors(A=torch.cat([f.A[:t], c * f.A[t:]]), B=torch.cat([f.B[:, :t], c * f.B[:, t:]], 1))
+                for n, f in start.items()}
+
+    assert pruning.pruned_rank(scaled_tail(0.9)) == 1  # the tail shrank: keep floor(0.5 * 3) = 1
+    assert pruning.pruned_rank(scaled_tail(1.0)) == 3  # unchanged (not strictly smaller): keep 3
+    assert pruning.pruned_rank(scaled_tail(1.1)) == 3
+
+
+def test_self_pruning_regulariser_has_finite_gradients_where_the_tail_is_zero():
+    # Round 1 starts from B = 0: the norm of a zero tail must not turn the gradient into nan.
+    from fedlora.methods.hetlora import RankSelfPruning
+
+    start = {n: LoraFactors(A=f.A.clone().requires_grad_(), B=torch.zeros_like(f.B).requires_grad_())
+             for n, f in random_adapter(1).lora.items()}
+    RankSelfPruning(start, rank=R, gamma=0.5, lam=1.0)(start).backward()
+    for f in start.values():
+        assert torch.isfinite(f.A.grad).all() and torch.isfinite(f.B.grad).all()
+        assert not f.A.grad.any() and not f.B.grad.any()  # ||B_tail|| = 0: neither factor is pushed yet
+
+
 def test_hetlora_weighs_clients_by_their_update_norm(round_inputs):
     updates, weights, start = round_inputs
     m = build_method(MethodConfig(name="hetlora"), rank=R, scaling=S, family_clip_tau=15.0)

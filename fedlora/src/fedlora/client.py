@@ -73,6 +73,7 @@ class ClientResult:
     optimizer_steps: int
     mean_penalty: float = 0.0  # mean client penalty over the optimizer steps (0 without one)
     start: AdapterState | None = None  # the adapter the client started from (not sent: the server knows it)
+    rank: int | None = None  # the client's LoRA rank after the update (rank self-pruning may lower it)
 
 
 def derive_seed(seed: int | Sequence[int]) -> int:
@@ -122,10 +123,23 @@ def _penalty_fn(method: Any, start: AdapterState, device: torch.device):
     return SubspacePenalty(reference, method.penalty, method.scaling)
 
 
+def _self_pruning(method: Any, start: AdapterState, rank: int | None):
+    """HetLoRA's rank self-pruning of this update (methods/hetlora.py), or None when it is off."""
+    if method.prune_gamma is None:
+        return None
+    if rank is None:
+        raise ValueError("local_update: rank self-pruning needs the client's rank")
+    from fedlora.methods.hetlora import RankSelfPruning
+
+    return RankSelfPruning(start.lora, rank, method.prune_gamma, method.prune_lambda)
+
+
 def local_update(model: Any, family: str, data: Encoded, start: AdapterState, method: Any,
-                 train: LocalTrain, seed: int | Sequence[int], trained: str = "AB") -> ClientResult:
+                 train: LocalTrain, seed: int | Sequence[int], trained: str = "AB",
+                 rank: int | None = None) -> ClientResult:
     """Train the client's copy of the adapter from `start` (the LoRA factors in `trained`, "AB",
-    "A" or "B", and the head); returns its new state and stats."""
+    "A" or "B", and the head); returns its new state and stats. `rank`: the client's LoRA rank
+    (its start's later components are zero), needed by rank self-pruning."""
     if len(data) == 0:
         raise ValueError("local_update: the client has no examples")
     device = next(model.parameters()).device
@@ -133,6 +147,9 @@ def local_update(model: Any, family: str, data: Encoded, start: AdapterState, me
     params = set_trainable(model, trained)
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
     penalty = _penalty_fn(method, start, device)
+    pruning = _self_pruning(method, start, rank)
+    if pruning is not None:  # one client penalty: the subspace terms plus the pruning regulariser
+        penalty = pruning if penalty is None else (lambda live, p=penalty: p(live) + pruning(live))
     key = derive_seed(seed)
     generator = torch.Generator().manual_seed(key)
     micro = plan_micro_batches(len(data), train, generator)
@@ -163,6 +180,10 @@ def local_update(model: Any, family: str, data: Encoded, start: AdapterState, me
                 torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
             optimizer.step()
     model.eval()
-    return ClientResult(state=read_state(model), mean_loss=loss_sum / seen, examples=seen,
+    state = read_state(model)
+    if pruning is not None:
+        rank = pruning.pruned_rank(state.lora)
+        state = state.truncated(rank)  # the pruned components are dropped, not sent
+    return ClientResult(state=state, mean_loss=loss_sum / seen, examples=seen,
                         micro_batches=len(micro), optimizer_steps=len(groups),
-                        mean_penalty=penalty_sum / len(groups), start=start)
+                        mean_penalty=penalty_sum / len(groups), start=start, rank=rank)

@@ -136,6 +136,10 @@ class MethodConfig(Section):
     norm_restore: bool = True
     clip: bool = True
     clip_tau: float | None = Field(None, gt=0)  # None: family default (15 / 25)
+    # HetLoRA's local rank self-pruning: a client of rank r keeps floor(prune_gamma * r) components
+    # when training shrank its regularised tail (None: off). prune_lambda weighs that regulariser.
+    prune_gamma: float | None = Field(None, gt=0, lt=1)
+    prune_lambda: float | None = Field(None, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -207,6 +211,12 @@ class RunConfig(Section):
                 able = [n for n, p in METHODS.items() if p.takes_client_ranks]
                 raise ValueError(f"method {self.method.name!r} does not define heterogeneous client ranks "
                                  f"(federation.client_ranks); methods that do: {', '.join(able)}")
+        if self.method.prune_gamma is not None and not METHODS[self.method.name].prunes_ranks:
+            able = [n for n, p in METHODS.items() if p.prunes_ranks]
+            raise ValueError(f"method {self.method.name!r} has no rank self-pruning (method.prune_gamma); "
+                             f"methods that do: {', '.join(able)}")
+        if self.method.prune_lambda is not None and self.method.prune_gamma is None:
+            raise ValueError("method.prune_lambda is set but rank self-pruning is off: set method.prune_gamma")
         holdout = self.federation.client_holdout
         if holdout and holdout >= self.federation.min_client_size:
             raise ValueError(f"federation.client_holdout={holdout} must be below federation.min_client_size="

@@ -111,6 +111,8 @@ def build_federation(cfg: RunConfig, log: Log = print, node: int | None = None) 
         if requested != "fp32":  # say what auto chose, and why
             log(f"{phase}.precision={requested}: {precision[phase]} ({why})")
     ranks = client_ranks(cfg.federation)
+    if ranks is None and method.prune_gamma is not None:  # self-pruning makes ranks differ
+        ranks = [cfg.lora.r] * cfg.federation.num_clients
     if ranks:
         log(f"client LoRA ranks: {ranks} (the global adapter's: {cfg.lora.r})")
     max_len = cfg.data.max_length
@@ -206,7 +208,7 @@ def client_update(fed: Federation, state: AdapterState, round_idx: int, client: 
     train = resolve_train(fed.cfg.train, fed.family, next(fed.model.parameters()).device)
     result = local_update(fed.model, fed.family, fed.client_data[client], client_start(fed, state, client),
                           fed.method, train, seed=(fed.cfg.seed, round_idx, client),
-                          trained=fed.method.trained(round_idx))
+                          trained=fed.method.trained(round_idx), rank=fed.rank_of(client))
     if fed.method.personal:  # kept on the client for its next round; never sent
         fed.personal[client] = {n: f.B for n, f in result.state.lora.items()}
     privacy = fed.cfg.privacy
@@ -235,6 +237,9 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
         new_state = fed.method.aggregate(updates, weights, state, round_idx, cfg.seed)
     new_state = new_state.map_tensors(torch.Tensor.contiguous)
     t2 = time.perf_counter()
+    for k, r in zip(clients, results):  # a client's rank after its update (self-pruning lowers it)
+        if fed.client_ranks and r.rank is not None:
+            fed.client_ranks[k] = r.rank
     ranks = [fed.rank_of(k) for k in clients]
     geometry = round_geometry(updates, weights, state, new_state, cfg.lora.scaling, ranks)
     t3 = time.perf_counter()
@@ -320,6 +325,8 @@ class RunRecorder:
             run_dir.restore_swapped_folders()
             checkpoint = run_dir.load_checkpoint()
             fed.personal = run_dir.load_personal()
+            if checkpoint and checkpoint[1].get("client_ranks"):  # as self-pruning left them
+                fed.client_ranks = checkpoint[1]["client_ranks"]
             last_round = checkpoint[1]["round"] if checkpoint else -1
             self.metrics = run_dir.truncate_metrics(last_round, log)
             run_dir.truncate_eval_items(last_round)
@@ -361,8 +368,8 @@ class RunRecorder:
             # A merging method's adapter alone is not its model (model_final is, at the end).
             if not self.fed.method.merges_base:
                 save_peft_adapter(self.fed.model, state, self.run_dir.path / "adapter_best")
-        self.run_dir.save_checkpoint(state, {"round": record.round, "best": self.best,
-                                             "wall_s": self.wall_s()}, personal=self.fed.personal)
+        self.run_dir.save_checkpoint(state, {"round": record.round, "best": self.best, "wall_s": self.wall_s(),
+                                             "client_ranks": self.fed.client_ranks}, personal=self.fed.personal)
         self.next_round = record.round + 1
 
     def finish(self, **extra) -> RunSummary:

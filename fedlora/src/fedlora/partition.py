@@ -162,7 +162,7 @@ def client_ranks(cfg: FederationConfig) -> list[int] | None:
     """Each client's LoRA rank (federation.client_ranks), or None when every client trains lora.r."""
     ranks = cfg.client_ranks
     if ranks is None or isinstance(ranks, list):
-        return ranks
+        return None if ranks is None else list(ranks)  # a copy: self-pruning changes it during the run
     drawn = np.random.default_rng(ranks.seed).choice(ranks.choices, size=cfg.num_clients)
     return [int(r) for r in drawn]
 

@@ -19,7 +19,7 @@ from fedlora.stats import accuracy_difference, item_correct, item_losses, loss_d
 # Columns of results.csv (one row per run), in order.
 # `method` is the run's label (a name, or a variant such as `subspace:mu=0.5`); the resolved method
 # spec follows it (methods.base.Method.spec).
-SPEC_COLUMNS = ["server", "trains", "mu", "a_b", "lam", "norm_restore", "clip_tau"]
+SPEC_COLUMNS = ["server", "trains", "mu", "a_b", "lam", "norm_restore", "clip_tau", "prune_gamma", "prune_lambda"]
 RESULT_COLUMNS = [
     "model", "method", *SPEC_COLUMNS, "seed", "best_accuracy", "best_round", "mean_last5_accuracy",
     "final_accuracy", "final_loss", "final_heldout_accuracy", "basis_overlap", "basis_overlap_code",

@@ -85,13 +85,15 @@ def train(msg: Message, context: Context) -> Message:
     from fedlora.flower.records import ARRAYS, arrays_to_state, read_train_config, result_content
 
     fed, pid = federation_for(context)
-    round_idx, client = read_train_config(msg.content)
+    round_idx, client, rank = read_train_config(msg.content)
     if client != pid:
         raise ValueError(f"train message for client {client} reached the node holding partition {pid}")
+    if rank is not None and fed.client_ranks:  # the server's record of this client's rank
+        fed.client_ranks[pid] = rank
     start = arrays_to_state(msg.content[ARRAYS])
     result = client_update(fed, start, round_idx, pid)
     _remember(context, trained=True, **{"last-round": round_idx, "last-loss": float(result.mean_loss)})
-    rank = fed.rank_of(pid) if fed.client_ranks else None  # a lower-rank client sends no padding
+    rank = result.rank if fed.client_ranks else None  # a lower-rank client sends no padding
     return Message(result_content(result, pid, fed.method.sent(round_idx), rank), reply_to=msg)
 
 

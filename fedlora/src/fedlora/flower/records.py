@@ -18,7 +18,7 @@ from fedlora.client import ClientResult
 from fedlora.state import AdapterState
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
-ROUND_KEY, CLIENT_KEY = "server-round", "client"
+ROUND_KEY, CLIENT_KEY, RANK_KEY = "server-round", "client", "rank"
 RESULT_FIELDS = ("mean_loss", "examples", "micro_batches", "optimizer_steps", "mean_penalty")
 
 
@@ -69,18 +69,23 @@ def arrays_to_state(record: ArrayRecord, like: AdapterState | None = None, rank:
     return AdapterState.from_flat_dict({k: flat[k] for k in expected})
 
 
-def train_content(state: AdapterState, round_idx: int, client: int) -> RecordDict:
-    """Server -> client: the global adapter and which partition to train in which round."""
-    return RecordDict({ARRAYS: state_to_arrays(state),
-                       CONFIG: ConfigRecord({ROUND_KEY: round_idx, CLIENT_KEY: client})})
+def train_content(state: AdapterState, round_idx: int, client: int, rank: int | None = None) -> RecordDict:
+    """Server -> client: the global adapter, which partition to train in which round and, where
+    client ranks differ, the client's rank as the server last learnt it."""
+    config = ConfigRecord({ROUND_KEY: round_idx, CLIENT_KEY: client})
+    if rank is not None:
+        config[RANK_KEY] = rank
+    return RecordDict({ARRAYS: state_to_arrays(state), CONFIG: config})
 
 
-def read_train_config(content: RecordDict) -> tuple[int, int]:
+def read_train_config(content: RecordDict) -> tuple[int, int, int | None]:
+    """(round, client, the client's rank or None) of a train message."""
     config = content[CONFIG]
     for key in (ROUND_KEY, CLIENT_KEY):
         if key not in config:
             raise ValueError(f"train message lacks config key {key!r}")
-    return int(config[ROUND_KEY]), int(config[CLIENT_KEY])
+    rank = int(config[RANK_KEY]) if RANK_KEY in config else None
+    return int(config[ROUND_KEY]), int(config[CLIENT_KEY]), rank
 
 
 def result_content(result: ClientResult, client: int, sent: str, rank: int | None = None) -> RecordDict:
@@ -94,13 +99,16 @@ def result_content(result: ClientResult, client: int, sent: str, rank: int | Non
         "mean_penalty": float(result.mean_penalty),
         "num-examples": int(result.examples),  # the key Flower's strategies weight by
     })
+    if rank is not None:  # the client's rank after the update: the factors are cut to it
+        metrics[RANK_KEY] = rank
     return RecordDict({ARRAYS: state_to_arrays(result.state, sent, rank), METRICS: metrics})
 
 
 def read_result(content: RecordDict, start_of: Callable[[int], AdapterState],
                 rank_of: Callable[[int], int | None] = lambda client: None) -> tuple[int, ClientResult]:
     """(client index, ClientResult) from a train reply. Factors not sent are those of the client's
-    start, `start_of(client)`; factors sent cut to the client's rank, `rank_of(client)`, are padded."""
+    start, `start_of(client)`; factors sent cut to the client's rank (the reply's, else
+    `rank_of(client)`) are padded."""
     if ARRAYS not in content or METRICS not in content:
         raise ValueError(f"train reply must hold {ARRAYS!r} and {METRICS!r}, got {sorted(content)}")
     metrics = content[METRICS]
@@ -109,11 +117,15 @@ def read_result(content: RecordDict, start_of: Callable[[int], AdapterState],
         raise ValueError(f"train reply metrics lack {missing}")
     client = int(metrics["client"])
     start = start_of(client)
-    state = arrays_to_state(content[ARRAYS], like=start, rank=rank_of(client))
+    rank = int(metrics[RANK_KEY]) if RANK_KEY in metrics else rank_of(client)
+    known = rank_of(client)
+    if rank is not None and (rank < 1 or (known is not None and rank > known)):
+        raise ValueError(f"reply of client {client} claims rank {rank}; its rank was {known} and cannot grow")
+    state = arrays_to_state(content[ARRAYS], like=start, rank=rank)
     result = ClientResult(state=state, mean_loss=float(metrics["mean_loss"]), examples=int(metrics["examples"]),
                           micro_batches=int(metrics["micro_batches"]),
                           optimizer_steps=int(metrics["optimizer_steps"]),
-                          mean_penalty=float(metrics["mean_penalty"]), start=start)
+                          mean_penalty=float(metrics["mean_penalty"]), start=start, rank=rank)
     return client, result
 
 

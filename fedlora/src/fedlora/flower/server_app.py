@@ -137,8 +137,10 @@ class FedLoraStrategy(FedAvg):
         self._grid = grid if isinstance(grid, PollingGrid) else None
         self._sampled = sample_clients(self.fed.cfg.seed, server_round, fed_cfg.num_clients, fed_cfg.fraction)
         self._started = time.perf_counter()
-        return [Message(train_content(self.recorder.state, server_round, k), dst_node_id=self.node_of_client[k],
-                        message_type=MessageType.TRAIN, group_id=str(server_round))
+        ranked = bool(self.fed.client_ranks)  # each client trains at the rank the server last learnt
+        return [Message(train_content(self.recorder.state, server_round, k, self.fed.rank_of(k) if ranked else None),
+                        dst_node_id=self.node_of_client[k], message_type=MessageType.TRAIN,
+                        group_id=str(server_round))
                 for k in self._sampled if k in self.node_of_client]
 
     def _reply_client(self, reply: Message) -> int | None:

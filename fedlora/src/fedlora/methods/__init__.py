@@ -29,7 +29,8 @@ weights (`MethodPreset.merges_base`); `symmetric` / `orthogonal_a` / `orthogonal
 with that mode (clip, top-r SVD, norm restore); `fedsvd` factorizes s (sum_k p_k B_k) A_prev with
 `orthogonal_a`. Config switches (`method.server`, `mu`, `a_b`, `lam`, `freeze_a`, `norm_restore`,
 `clip`, `clip_tau`) override any preset, so every combination of server rule x penalty terms x
-norm restore x clipping runs; a run's label names the switches that differ from its preset.
+norm restore x clipping runs; `prune_gamma` (and `prune_lambda`) turn on HetLoRA's rank
+self-pruning. A run's label names the switches that differ from its preset.
 """
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ from fedlora.methods.base import PRESETS, SERVER_RULES, Method, MethodPreset, Pe
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
+
+# The weight of HetLoRA's self-pruning regulariser when method.prune_lambda is not set. The paper
+# leaves it a hyperparameter and states no value; this one is ours.
+DEFAULT_PRUNE_LAMBDA = 1e-2
 
 # The reference study's four first (tables list methods in this order), then the rest by name.
 _FIRST = ("fedavg", "svd", "fedsvd", "subspace", "subspace-server-only", "fedavg-penalty")
@@ -100,6 +105,8 @@ def build_method(cfg: MethodConfig, *, rank: int, scaling: float, family_clip_ta
         takes_client_ranks=preset.takes_client_ranks,
         personal=preset.personal,
         aggregates=preset.aggregates,
+        prune_gamma=cfg.prune_gamma,
+        prune_lambda=DEFAULT_PRUNE_LAMBDA if cfg.prune_lambda is None else cfg.prune_lambda,
         overrides=switches_set(cfg),
     )
 

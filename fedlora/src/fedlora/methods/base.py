@@ -65,6 +65,8 @@ class MethodPreset:
     takes_client_ranks: bool = False
     # Factors each client keeps for itself ("B" for FedSA-LoRA): trained, never sent, never averaged.
     personal: str = ""
+    # Clients may shrink their own rank as they train (method.prune_gamma: HetLoRA's self-pruning).
+    prunes_ranks: bool = False
     # What the server rule reads of the clients' updates, for differential privacy (privacy.py):
     # "factors" (a mean of the sent tensors), "products" (sum_k p_k s B_k A_k) or "other".
     aggregates: str = "other"
@@ -172,6 +174,8 @@ class Method:
     takes_client_ranks: bool = False
     personal: str = ""
     aggregates: str = "other"
+    prune_gamma: float | None = None  # rank self-pruning (None: off) and its regulariser's weight
+    prune_lambda: float = 0.0
     overrides: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -203,7 +207,8 @@ class Method:
         return {"name": self.name, "label": self.label, "server": self.server, "trains": "/".join(self.trains),
                 "mu": self.penalty.mu, "a_b": self.penalty.a_b, "lam": self.penalty.lam,
                 "norm_restore": self.norm_restore,
-                "clip_tau": self.clip_tau if math.isfinite(self.clip_tau) else None}  # None: no clipping
+                "clip_tau": self.clip_tau if math.isfinite(self.clip_tau) else None,  # None: no clipping
+                "prune_gamma": self.prune_gamma, "prune_lambda": self.prune_lambda}
 
     def aggregate(self, updates: list[AdapterState], weights: Tensor, start: AdapterState,
                   round_idx: int = 1, seed: int = 0, check_layout: bool = True) -> AdapterState:
