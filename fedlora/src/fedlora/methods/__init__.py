@@ -18,7 +18,7 @@ rolora                 average         B then A    none
 fedex-lora             average + merge A, B        none
 flora                  fresh + merge   A, B        none (client ranks may differ)
 flexlora               symmetric       A, B        none (client ranks may differ)
-hetlora                sparsity_w.     A, B        none (client ranks may differ)
+hetlora                sparsity_w.     A, B        none (client ranks may differ; optional self-pruning)
 fedsa-lora             average (A)     A, B        none (B stays on each client)
 =====================  ==============  ==========  ==========================================
 
