@@ -365,7 +365,7 @@ def test_crashed_and_silent_clients_are_left_out_and_recorded(setup, tmp_path):
 
 
 def test_too_few_replies_fail_the_run_clearly(setup, tmp_path):
-    from fedlora.flower.server_app import RoundFailed
+    from fedlora.engine import RoundFailed
 
     cfg = tiny_config(setup, **{"federation.fraction": 1.0})
     with pytest.raises(RoundFailed, match=r"round 1: 1 of 3 sampled clients replied, min-replies=2"):

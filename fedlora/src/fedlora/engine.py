@@ -278,14 +278,58 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
     return new_state, record
 
 
+class RoundFailed(RuntimeError):
+    """Fewer clients replied in a round than the run needs (`min_replies`)."""
+
+
+@dataclass
+class Replies:
+    """What a round's sampled clients sent back: results by client, and why each missing client
+    is missing. The bytes on the wire are known only where messages are serialised (Flower)."""
+
+    results: dict[int, ClientResult]
+    failures: dict[int, str] = field(default_factory=dict)
+    bytes_up_wire: int | None = None
+    bytes_down_wire: int | None = None
+
+
+# How an engine gets the sampled clients' updates: (global state, round, sampled clients) -> Replies.
+Collect = Callable[[AdapterState, int, list[int]], Replies]
+
+
+def play_round(fed: Federation, state: AdapterState, round_idx: int, collect: Collect, min_replies: int = 1,
+               log: Log = print) -> tuple[AdapterState, RoundRecord]:
+    """One round, whatever the engine: sample, collect the clients' updates, leave out the clients
+    that did not reply (recorded with the reason; the weights renormalise over the rest), fail
+    the round below `min_replies`, aggregate and record."""
+    cfg = fed.cfg
+    sampled = sample_clients(cfg.seed, round_idx, cfg.federation.num_clients, cfg.federation.fraction)
+    t0 = time.perf_counter()
+    replies = collect(state, round_idx, sampled)
+    time_train = time.perf_counter() - t0
+    ok = [k for k in sampled if k in replies.results]  # the sampling's (sorted) order
+    failures = {k: replies.failures.get(k, "no reply") for k in sampled if k not in replies.results}
+    for k, reason in failures.items():
+        log(f"round {round_idx}: client {k} failed: {reason}")
+    if len(ok) < min_replies:
+        raise RoundFailed(f"round {round_idx}: {len(ok)} of {len(sampled)} sampled clients replied, "
+                          f"min-replies={min_replies}; failures: {failures}")
+    new_state, record = server_update(fed, state, round_idx, ok, [replies.results[k] for k in ok], time_train)
+    record.sampled_clients = sampled
+    record.failed_clients = sorted(failures)
+    record.failure_reasons = {str(k): v for k, v in sorted(failures.items())}
+    record.bytes_up_wire, record.bytes_down_wire = replies.bytes_up_wire, replies.bytes_down_wire
+    return new_state, record
+
+
 def run_round(fed: Federation, state: AdapterState, round_idx: int,
               progress: Progress) -> tuple[AdapterState, RoundRecord]:
-    """One in-process round: the sampled clients train one after another on the shared model."""
-    cfg = fed.cfg
-    clients = sample_clients(cfg.seed, round_idx, cfg.federation.num_clients, cfg.federation.fraction)
-    t0 = time.perf_counter()
-    results = [client_update(fed, state, round_idx, k) for k in progress.clients(clients, round_idx)]
-    return server_update(fed, state, round_idx, clients, results, time.perf_counter() - t0)
+    """One in-process round: the sampled clients train one after another on the shared model (a
+    client that raises ends the run: in one process an error is a bug, not a lost machine)."""
+    def collect(state: AdapterState, round_idx: int, clients: list[int]) -> Replies:
+        return Replies({k: client_update(fed, state, round_idx, k) for k in progress.clients(clients, round_idx)})
+
+    return play_round(fed, state, round_idx, collect)
 
 
 def code_commit() -> str | None:

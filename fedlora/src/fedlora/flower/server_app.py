@@ -1,12 +1,14 @@
 """Flower ServerApp: sampling, aggregation, geometry, evaluation and the run folder, all from the
 package's own engine.
 
-The strategy samples exactly the clients the in-process engine samples (`sample_clients` by
-(seed, round)), sends each one the global adapter on the node that reported that partition, and
+Each round is the in-process engine's `play_round`, with `MessageRound` collecting the updates:
+it samples exactly the clients the in-process engine samples (`sample_clients` by (seed,
+round)), sends each one the global adapter on the node that reported that partition, and
 aggregates the replies that arrived with the configured method (`server_update`, so every
 method and ablation switch of `build_method` is available). Clients that crash or miss the
 round timeout are left out (weights renormalise over the replies) and listed in the round's
-`failed_clients`; the run fails only when fewer than `min-replies` arrive.
+`failed_clients`; the run fails only when fewer than `min-replies` arrive. Nothing is carried
+from one step of a round to the next outside that one function call.
 """
 from __future__ import annotations
 
@@ -14,23 +16,17 @@ import logging
 import time
 from typing import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
-from fedlora.engine import Federation, RunRecorder, build_federation, client_start, server_update
+from fedlora.engine import Federation, Replies, RunRecorder, build_federation, client_start, play_round
 from fedlora.flower.records import ARRAYS, METRICS, read_result, state_to_arrays, train_content, wire_bytes
 from fedlora.flower.settings import FlowerSettings, parse_run_config
-from fedlora.partition import sample_clients
 from fedlora.records import RunSummary
 from fedlora.rundir import RunDir
 from fedlora.state import AdapterState
 
 log = logging.getLogger("fedlora.flower.server")
-
-
-class RoundFailed(RuntimeError):
-    """Fewer replies than `min-replies` arrived in a round."""
 
 
 class PollingGrid(Grid):
@@ -110,110 +106,61 @@ def discover_nodes(grid: PollingGrid, num_clients: int, settings: FlowerSettings
     return mapping
 
 
-class FedLoraStrategy(FedAvg):
-    """FedAvg's message flow with the package's sampling, aggregation and bookkeeping."""
+class MessageRound:
+    """The Flower engine's way of collecting a round's updates (`engine.Collect`): one train
+    message per sampled client to the node holding its partition, the replies read back. A client
+    whose node is absent, crashed or missed `round-timeout-s` is reported missing with the reason."""
 
-    def __init__(self, fed: Federation, settings: FlowerSettings, recorder: RunRecorder,
-                 node_of_client: dict[int, int]):
-        super().__init__(fraction_train=fed.cfg.federation.fraction,
-                         fraction_evaluate=1.0 if settings.client_eval else 0.0,
-                         min_train_nodes=settings.min_replies, min_available_nodes=1)
-        self.fed, self.settings, self.recorder = fed, settings, recorder
+    def __init__(self, fed: Federation, grid: PollingGrid, node_of_client: dict[int, int],
+                 settings: FlowerSettings):
+        self.fed, self.grid, self.settings = fed, grid, settings
         self.node_of_client = dict(node_of_client)
         self.client_of_node = {n: k for k, n in node_of_client.items()}
-        self._grid: PollingGrid | None = None
-        self._sampled: list[int] = []
-        self._started = 0.0
-        self._pending: tuple[AdapterState, dict] | None = None
 
-    def summary(self) -> None:
-        cfg = self.fed.cfg
-        log.info("fedlora strategy: method %s, %d clients, fraction %s, min replies %d", cfg.method.name,
-                 cfg.federation.num_clients, cfg.federation.fraction, self.settings.min_replies)
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        fed_cfg = self.fed.cfg.federation
-        self._grid = grid if isinstance(grid, PollingGrid) else None
-        self._sampled = sample_clients(self.fed.cfg.seed, server_round, fed_cfg.num_clients, fed_cfg.fraction)
-        self._started = time.perf_counter()
-        ranked = bool(self.fed.client_ranks)  # each client trains at the rank the server last learnt
-        return [Message(train_content(self.recorder.state, server_round, k, self.fed.rank_of(k) if ranked else None),
-                        dst_node_id=self.node_of_client[k], message_type=MessageType.TRAIN,
-                        group_id=str(server_round))
-                for k in self._sampled if k in self.node_of_client]
-
-    def _reply_client(self, reply: Message) -> int | None:
-        node = self._grid.origin(reply) if self._grid else reply.metadata.src_node_id
-        return self.client_of_node.get(node)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord, MetricRecord]:
-        time_train = time.perf_counter() - self._started
-        start = self.recorder.state
-        failures = {k: "no node holds this partition" for k in self._sampled if k not in self.node_of_client}
-        failures.update({k: f"no reply within round-timeout-s={self.settings.round_timeout_s}"
-                         for k in self._sampled if k in self.node_of_client})
+    def __call__(self, state: AdapterState, round_idx: int, clients: list[int]) -> Replies:
+        fed, timeout = self.fed, self.settings.round_timeout_s
+        ranked = bool(fed.client_ranks)  # each client trains at the rank the server last learnt
+        messages = [Message(train_content(state, round_idx, k, fed.rank_of(k) if ranked else None),
+                            dst_node_id=self.node_of_client[k], message_type=MessageType.TRAIN,
+                            group_id=str(round_idx))
+                    for k in clients if k in self.node_of_client]
+        failures = {k: "no node holds this partition" for k in clients if k not in self.node_of_client}
+        failures.update({k: f"no reply within round-timeout-s={timeout}" for k in clients if k in self.node_of_client})
         results, wire_up = {}, 0
-        for reply in replies:
-            k = self._reply_client(reply)
-            if k is None or k not in self._sampled:
-                log.warning("round %d: ignoring a reply from an unexpected node", server_round)
+        for reply in self.grid.send_and_receive(messages, timeout=timeout):
+            k = self.client_of_node.get(self.grid.origin(reply))
+            if k is None or k not in clients:
+                log.warning("round %d: ignoring a reply from an unexpected node", round_idx)
                 continue
             if reply.has_error():
                 failures[k] = f"error {reply.error.code}: {reply.error.reason}"
                 continue
             try:
-                client, result = read_result(reply.content, lambda c: client_start(self.fed, start, c),
-                                             lambda c: self.fed.rank_of(c) if self.fed.client_ranks else None)
+                client, result = read_result(reply.content, lambda c: client_start(fed, state, c),
+                                             lambda c: fed.rank_of(c) if ranked else None)
                 if client != k:
                     raise ValueError(f"reply of client {k}'s node claims client {client}")
             except ValueError as err:
                 failures[k] = f"bad reply: {err}"
                 continue
             results[k] = result
-            failures.pop(k, None)
+            failures.pop(k)
             wire_up += wire_bytes(reply.content[ARRAYS])
-        ok = [k for k in self._sampled if k in results]  # the engine's (sorted) client order
-        for k, reason in failures.items():
-            log.warning("round %d: client %d failed: %s", server_round, k, reason)
-        if len(ok) < self.settings.min_replies:
-            raise RoundFailed(f"round {server_round}: {len(ok)} of {len(self._sampled)} sampled clients replied, "
-                              f"min-replies={self.settings.min_replies}; failures: {failures}")
-        new_state, record = server_update(self.fed, start, server_round, ok, [results[k] for k in ok], time_train)
-        record.sampled_clients = self._sampled
-        record.failed_clients = sorted(failures)
-        record.failure_reasons = {str(k): v for k, v in sorted(failures.items())}
-        record.bytes_up_wire = wire_up
-        record.bytes_down_wire = len(self._sampled) * wire_bytes(state_to_arrays(start))
-        self._pending = (new_state, record)
-        metrics = MetricRecord({"client_loss": float(record.client_loss), "replies": len(ok)})
-        return state_to_arrays(new_state), metrics
+        return Replies(results, failures, bytes_up_wire=wire_up,
+                       bytes_down_wire=len(clients) * wire_bytes(state_to_arrays(state)))
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        if not self.settings.client_eval or self._pending is None:
-            return []
-        state = self._pending[0]
-        return [Message(RecordDict({ARRAYS: state_to_arrays(state)}), dst_node_id=self.node_of_client[k],
-                        message_type=MessageType.EVALUATE, group_id=str(server_round))
-                for k in self._pending[1].clients]
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Close the round: add the clients' own scores (if asked for) and record it."""
-        new_state, record = self._pending
-        self._pending = None
+    def evaluate(self, state: AdapterState, round_idx: int, clients: list[int]) -> dict | None:
+        """The new global scored by `clients` on their own data: example-weighted accuracy and loss
+        over the nodes that answered (None when none did)."""
+        messages = [Message(RecordDict({ARRAYS: state_to_arrays(state)}), dst_node_id=self.node_of_client[k],
+                            message_type=MessageType.EVALUATE, group_id=str(round_idx)) for k in clients]
+        replies = self.grid.send_and_receive(messages, timeout=self.settings.round_timeout_s)
         scores = [r.content[METRICS] for r in replies if not r.has_error()]
-        out = None
-        if scores:
-            n = sum(float(s["num-examples"]) for s in scores)
-            out = MetricRecord({key: sum(float(s[key]) * float(s["num-examples"]) for s in scores) / n
-                                for key in ("accuracy", "loss")})
-            record.client_eval = {"accuracy": out["accuracy"], "loss": out["loss"],
-                                  "clients": sorted(int(s["client"]) for s in scores)}
-        self.recorder.record_round(new_state, record)
-        log.info("round %d: accuracy %s loss %s failed %s", server_round, record.accuracy, record.loss,
-                 record.failed_clients)
-        return out
+        if not scores:
+            return None
+        n = sum(float(s["num-examples"]) for s in scores)
+        mean = {key: sum(float(s[key]) * float(s["num-examples"]) for s in scores) / n for key in ("accuracy", "loss")}
+        return {**mean, "clients": sorted(int(s["client"]) for s in scores)}
 
 
 def run_server(grid: Grid, cfg, settings: FlowerSettings) -> RunSummary:
@@ -236,9 +183,17 @@ def run_server(grid: Grid, cfg, settings: FlowerSettings) -> RunSummary:
             started = time.perf_counter()
             node_of_client = discover_nodes(polling, cfg.federation.num_clients, settings)
             discovery_s = time.perf_counter() - started
-            strategy = FedLoraStrategy(fed, settings, recorder, node_of_client)
-            strategy.start(grid=polling, initial_arrays=state_to_arrays(recorder.state), num_rounds=cfg.rounds,
-                           timeout=settings.round_timeout_s)
+            messages = MessageRound(fed, polling, node_of_client, settings)
+            log.info("fedlora on Flower: method %s, %d clients, fraction %s, min replies %d", cfg.method.name,
+                     cfg.federation.num_clients, cfg.federation.fraction, settings.min_replies)
+            for round_idx in range(1, cfg.rounds + 1):
+                new_state, record = play_round(fed, recorder.state, round_idx, messages, settings.min_replies,
+                                               log=log.warning)
+                if settings.client_eval:
+                    record.client_eval = messages.evaluate(new_state, round_idx, record.clients)
+                recorder.record_round(new_state, record)
+                log.info("round %d: accuracy %s loss %s failed %s", round_idx, record.accuracy, record.loss,
+                         record.failed_clients)
             failed = sorted({k for m in recorder.metrics for k in m.failed_clients or []})
             return recorder.finish(engine=settings.engine,
                                    nodes={str(k): n for k, n in sorted(node_of_client.items())},
