@@ -102,13 +102,14 @@ reproduce-privacy: $(STAMP)
 			--set privacy.noise_multiplier=$$sigma --out sweeps/privacy/noise$$sigma || exit 1; \
 	done
 
-# Reproduction pages in docs/results/ from finished (or partly finished) run folders.
-FEDLORA_SWEEPS ?= sweeps/drift-smollm2-135m sweeps/methods-smollm2-135m sweeps/methods-client-ranks \
-                  sweeps/cpu-smollm2-135m sweeps/cpu-minilm
+# Reproduction pages in docs/results/ from finished (or partly finished) run folders: the drift-scale
+# study (make reproduce) on its own page, the other fedlora sweeps on another.
+FEDLORA_SWEEPS ?= sweeps/methods-smollm2-135m sweeps/methods-client-ranks sweeps/cpu-smollm2-135m sweeps/cpu-minilm
 HYPERUNMIX_BENCHES ?= runs/bench runs/bench-urban
 report: $(STAMP)
-	$(PY) -m fedlora.reproduction --sweeps $(FEDLORA_SWEEPS) --grid sweeps/drift-penalty-grid \
-		--privacy sweeps/privacy --out docs/results/fedlora.md
+	$(PY) -m fedlora.reproduction --sweeps sweeps/drift-smollm2-135m --grid sweeps/drift-penalty-grid \
+		--out docs/results/fedlora-drift.md
+	$(PY) -m fedlora.reproduction --sweeps $(FEDLORA_SWEEPS) --privacy sweeps/privacy --out docs/results/fedlora.md
 	$(PY) -m hyperunmix.reproduction --bench $(HYPERUNMIX_BENCHES) --out docs/results/hyperunmix.md
 
 lint: $(STAMP)
