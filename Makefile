@@ -56,7 +56,7 @@ bench: $(STAMP)
 # The long runs behind docs/results/. Every step is resumable: run it again after an interruption and
 # finished runs are kept. In the background:
 #   nohup make reproduce > reproduce.log 2>&1 &
-# `reproduce` is the fedlora study at the reference's drift scale (about 3.5 hours on 2 CPU cores:
+# `reproduce` is the fedlora study at the reference's drift scale (about 4.5 hours on 2 CPU cores:
 # 6 methods x 3 seeds, then a mu x a_B grid of the client penalty on seed 42) and the hyperunmix bench.
 DRIFT_CONFIG := fedlora/configs/drift-smollm2-135m.yaml
 PENALTY_GRID := 0.05:0.1 0.5:0.01 0.5:0.1
