@@ -3,7 +3,8 @@
 One process, one base model loaded once; per sampled client the global adapter is written into
 the live LoRA parameters, trained locally, read back; the server aggregates, measures geometry
 and evaluates. Every random choice derives from (seed, round, client), so a resumed run
-replays the same numbers as an uninterrupted one.
+replays the same numbers as an uninterrupted one. A round is `play_round` for every engine:
+the Flower ServerApp passes it another way of collecting the clients' updates.
 """
 from __future__ import annotations
 
@@ -63,6 +64,11 @@ class Federation:
 
     def rank_of(self, client: int) -> int:
         return self.client_ranks[client] if self.client_ranks else self.cfg.lora.r
+
+    def message_rank(self, client: int) -> int | None:
+        """The rank a Flower message about `client` carries: its own where client ranks differ,
+        else None (every factor has the global rank)."""
+        return self.client_ranks[client] if self.client_ranks else None
 
 
 _MODEL_CACHE: dict[str, tuple] = {}

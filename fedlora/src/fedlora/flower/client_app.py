@@ -93,7 +93,7 @@ def train(msg: Message, context: Context) -> Message:
     start = arrays_to_state(msg.content[ARRAYS])
     result = client_update(fed, start, round_idx, pid)
     _remember(context, trained=True, **{"last-round": round_idx, "last-loss": float(result.mean_loss)})
-    rank = result.rank if fed.client_ranks else None  # a lower-rank client sends no padding
+    rank = result.rank if fed.client_ranks else None  # after any pruning; a lower rank sends no padding
     return Message(result_content(result, pid, fed.method.sent(round_idx), rank), reply_to=msg)
 
 

@@ -119,8 +119,8 @@ class MessageRound:
 
     def __call__(self, state: AdapterState, round_idx: int, clients: list[int]) -> Replies:
         fed, timeout = self.fed, self.settings.round_timeout_s
-        ranked = bool(fed.client_ranks)  # each client trains at the rank the server last learnt
-        messages = [Message(train_content(state, round_idx, k, fed.rank_of(k) if ranked else None),
+        # Each client trains at the rank the server last learnt.
+        messages = [Message(train_content(state, round_idx, k, fed.message_rank(k)),
                             dst_node_id=self.node_of_client[k], message_type=MessageType.TRAIN,
                             group_id=str(round_idx))
                     for k in clients if k in self.node_of_client]
@@ -137,7 +137,7 @@ class MessageRound:
                 continue
             try:
                 client, result = read_result(reply.content, lambda c: client_start(fed, state, c),
-                                             lambda c: fed.rank_of(c) if ranked else None)
+                                             fed.message_rank)
                 if client != k:
                     raise ValueError(f"reply of client {k}'s node claims client {client}")
             except ValueError as err:

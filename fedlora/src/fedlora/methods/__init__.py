@@ -40,14 +40,11 @@ import pkgutil
 
 from fedlora.config import MethodConfig
 from fedlora.methods.base import PRESETS, SERVER_RULES, Method, MethodPreset, PenaltyWeights, variant_text
+from fedlora.methods.hetlora import DEFAULT_PRUNE_LAMBDA
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
-
-# The weight of HetLoRA's self-pruning regulariser when method.prune_lambda is not set. The paper
-# leaves it a hyperparameter and states no value; this one is ours.
-DEFAULT_PRUNE_LAMBDA = 1e-2
 
 # The reference study's four first (tables list methods in this order), then the rest by name.
 _FIRST = ("fedavg", "svd", "fedsvd", "subspace", "subspace-server-only", "fedavg-penalty")

@@ -32,6 +32,10 @@ PRESET = MethodPreset(
 )
 register(PRESET)
 
+# The regulariser's weight when method.prune_lambda is not set. The paper leaves it a
+# hyperparameter and states no value; this one is ours.
+DEFAULT_PRUNE_LAMBDA = 1e-2
+
 
 def kept_rank(rank: int, gamma: float) -> int:
     """The rank a client of rank `rank` prunes to: floor(gamma * rank), at least 1. (The 1e-9
