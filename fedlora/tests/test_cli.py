@@ -205,3 +205,10 @@ def test_busy_run_and_sweep_folders_name_the_holder(tiny_args, tmp_path):
         for holder in holders:
             holder.kill()
             holder.wait()
+
+
+def test_secure_aggregation_that_cannot_serve_the_method_fails_before_any_process(tiny_args, tmp_path):
+    result = runner.invoke(app, ["flower", "deploy", str(CONFIGS / "tiny.yaml"), *tiny_args, "--set",
+                                 "method.name=hetlora", "--secure-aggregation", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "secure aggregation: method 'hetlora'" in result.output
+    assert not (tmp_path / "r").exists()

@@ -2,6 +2,7 @@
 driven through an in-process Grid (the same code Flower runs, minus the transport)."""
 from __future__ import annotations
 
+import copy
 import json
 import uuid
 from pathlib import Path
@@ -77,7 +78,8 @@ class InlineGrid:
     """Runs the real ClientApp in this process, one Context per node (as a SuperNode keeps it).
 
     broken: node indices whose ClientApp 'crashes' in training (an error reply, as Flower sends);
-    silent: node indices that stop answering after the partition query (a machine that died)."""
+    silent: node indices that stop answering after the partition query (a machine that died);
+    drop_at: {node index: SecAgg+ stage} nodes that die when that stage of the protocol reaches them."""
 
     def __new__(cls, *args, **kwargs):
         from flwr.serverapp import Grid
@@ -86,7 +88,7 @@ class InlineGrid:
             cls = type("InlineGrid", (cls, Grid), {})
         return object.__new__(cls)
 
-    def __init__(self, run_config: dict, nodes: int, broken=(), silent=(), partition_of=None):
+    def __init__(self, run_config: dict, nodes: int, broken=(), silent=(), partition_of=None, drop_at=None):
         from flwr.app import Context, RecordDict
         from flwr.supercore.task_identity import TaskIdentity
 
@@ -99,6 +101,7 @@ class InlineGrid:
                          for i, n in enumerate(self.node_ids)}
         self.broken = {self.node_ids[i] for i in broken}
         self.silent = {self.node_ids[i] for i in silent}
+        self.drop_at = {self.node_ids[i]: stage for i, stage in (drop_at or {}).items()}
         self.replies: dict = {}
         self.sent: list = []
 
@@ -129,10 +132,16 @@ class InlineGrid:
             node = msg.metadata.dst_node_id
             self.sent.append((node, msg.metadata.message_type))
             query = msg.metadata.message_type == "query"
+            secagg = msg.content.config_records.get("secaggplus_configs")
+            if secagg and node in self.drop_at and secagg.get("stage") == self.drop_at[node]:
+                self.silent.add(node)
             if node in self.broken and not query:
                 self.replies[mid] = Message(Error(code=0, reason="ClientApp raised: simulated crash"), reply_to=msg)
-            elif node not in self.silent or query:
-                self.replies[mid] = app(msg, self.contexts[node])
+            elif node not in self.silent or query:  # a copy, as the transport delivers one
+                try:
+                    self.replies[mid] = app(copy.deepcopy(msg), self.contexts[node])
+                except Exception as err:  # as Flower turns a ClientApp's exception into an error reply
+                    self.replies[mid] = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
             ids.append(mid)
         return ids
 
@@ -146,7 +155,7 @@ class InlineGrid:
 def run_inline(cfg, out: Path, nodes: int | None = None, **settings):
     from fedlora.flower.server_app import run_server
 
-    grid_kwargs = {k: settings.pop(k) for k in ("broken", "silent", "partition_of") if k in settings}
+    grid_kwargs = {k: settings.pop(k) for k in ("broken", "silent", "partition_of", "drop_at") if k in settings}
     s = FlowerSettings(engine="flower-simulation", out_dir=str(out), poll_interval_s=0.01,
                        **{"round_timeout_s": 1.0, **settings})
     grid = InlineGrid(to_run_config(cfg, s), nodes or cfg.federation.num_clients, **grid_kwargs)
@@ -314,10 +323,12 @@ def test_a_node_tokenises_only_its_own_partition(setup):
     """A SuperNode's process builds its own client's data, the same as the full build's, and
     neither the other clients' nor the eval set (the apps test above serves every node from one
     process, so the lazily added partitions are exercised there)."""
-    cfg = tiny_config(setup)
+    cfg = tiny_config(setup, **{"federation.client_holdout": 1})
     full = build_federation(cfg, log=lambda _: None)
     node = build_federation(cfg, log=lambda _: None, node=1)
     assert node.eval_data is None and [d is None for d in node.client_data] == [True, False, True]
+    assert [d is None for d in node.holdout_data] == [True, False, True]
+    assert node.holdout_data[1].pairs == full.holdout_data[1].pairs
     assert node.client_items == full.client_items
     assert (node.client_data[1].pairs, node.client_data[1].labels) == (full.client_data[1].pairs,
                                                                         full.client_data[1].labels)
@@ -334,11 +345,36 @@ def test_private_runs_are_the_same_on_flower(setup, tmp_path, method, clipping):
     assert [m.privacy_epsilon for m in flower] == [m.privacy_epsilon for m in engine]
 
 
-def test_personalized_methods_are_refused_before_anything_is_written(setup, tmp_path):
-    cfg = tiny_config(setup, **{"method.name": "fedsa-lora", "federation.client_holdout": 1})
-    with pytest.raises(ValueError, match="fedsa-lora.*in-process engine"):
-        run_inline(cfg, tmp_path / "run")
-    assert not (tmp_path / "run").exists()
+def test_personal_factors_stay_on_the_nodes_and_the_clients_own_models_score_as_in_process(setup, tmp_path):
+    # FedSA-LoRA: each node keeps its client's B in context.state and sends A only; the nodes score
+    # the clients' own models on their held-out items, bit for bit the in-process engine's numbers.
+    cfg = tiny_config(setup, rounds=3, **{"method.name": "fedsa-lora", "federation.client_holdout": 1})
+    train_federation(cfg, tmp_path / "engine")
+    grid, summary = run_inline(cfg, tmp_path / "flower")
+    flower, engine = read_metrics(tmp_path / "flower"), read_metrics(tmp_path / "engine")
+    same = ("round", "clients", "weights", "client_loss", "examples_trained", "bytes_up", "bytes_down",
+            "heldout_accuracy", "heldout_loss")
+    assert [[getattr(m, k) for k in same] for m in flower] == [[getattr(m, k) for k in same] for m in engine]
+    assert all(m.heldout_accuracy is not None for m in flower if m.evaluated)
+    assert summary.final_heldout_accuracy == engine[-1].heldout_accuracy
+    # what the server receives is A alone: the same global A, and B as initialised
+    by_engine = RunDir(tmp_path / "engine").load_checkpoint()[0]
+    by_flower = RunDir(tmp_path / "flower").load_checkpoint()[0]
+    for name, f in by_flower.lora.items():
+        assert torch.equal(f.A, by_engine.lora[name].A) and not f.B.any()
+    assert all(m.bytes_up_wire < m.bytes_down_wire for m in flower[1:])
+    # each node's own B is the one the in-process engine kept for that client; unsampled nodes have none
+    personal = RunDir(tmp_path / "engine").load_personal()
+    for k, node in enumerate(grid.node_ids):
+        record = grid.contexts[node].state.array_records.get("fedlora-personal")
+        assert (record is not None) == (k in personal)
+        for name, tensor in (personal.get(k) or {}).items():
+            assert torch.equal(torch.from_numpy(record[name].numpy()), tensor), (k, name)
+    assert len(personal) >= 2 and any(set(m.clients) < set(personal) for m in engine[1:])
+    # the server's model (A_g, B = 0) is the zero-shot one; what needs the clients' B is not recorded
+    assert {m.accuracy for m in flower if m.evaluated} == {flower[0].accuracy}
+    assert all(m.geometry is None and m.client_update_norm is None for m in flower[1:])
+    assert all(m.geometry is not None and m.client_update_norm is not None for m in engine[1:])
 
 
 def test_crashed_and_silent_clients_are_left_out_and_recorded(setup, tmp_path):
@@ -362,6 +398,89 @@ def test_crashed_and_silent_clients_are_left_out_and_recorded(setup, tmp_path):
     assert sample_clients(cfg.seed, 1, 3, 1.0) == [0, 1, 2]
     _, record = server_update(fed, start, 1, [0], [client_update(fed, start, 1, 0)], 0.0)
     assert metrics[0].accuracy == record.accuracy and metrics[0].loss == pytest.approx(record.loss, abs=0)
+
+
+# SecAgg+ quantizes each client's weighted entries on `levels` over [-range, range] with stochastic
+# rounding (off by less than one level each): the weighted mean of n clients with weights p is off
+# by less than n max(p) levels, plus the float32 rounding of the new global.
+SECAGG = {"secure_aggregation": True, "secagg_clipping_range": 0.5, "secagg_quantization_range": 2**22}
+SECAGG_STEP = 2 * 0.5 / 2**22
+
+
+def assert_near_aggregate(secure: Path, plain: Path, products: bool) -> None:
+    a, b = RunDir(secure).load_checkpoint()[0], RunDir(plain).load_checkpoint()[0]
+    p = read_metrics(plain)[-1].weights
+    level = SECAGG_STEP * len(p) * max(p)
+
+    def near(x, y):
+        return bool(((x - y).abs() <= level + 2 * torch.finfo(torch.float32).eps * y.abs()).all())
+
+    for name, f in a.lora.items():
+        g = b.lora[name]
+        if products:  # a truncated SVD moves by at most twice the perturbation's norm (Eckart-Young)
+            E = f.B @ f.A - g.B @ g.A
+            assert E.norm() <= 2 * level * E.numel() ** 0.5, name
+        else:
+            assert near(f.A, g.A) and near(f.B, g.B), name
+    for name, t in a.head.items():
+        assert near(t, b.head[name]), name
+
+
+# FedSVD sums factors but refactorizes their product by SVD: its factors are compared as products.
+# With DP the clients clip and both servers add the same seeded noise to the mean.
+DP = {"federation.weighting": "uniform", "privacy.enabled": True, "privacy.clipping": "client",
+      "privacy.clipping_norm": 0.5, "privacy.noise_multiplier": 0.01}
+
+
+@pytest.mark.parametrize(("method", "products", "extra"), [("fedavg", False, {}), ("fedsvd", True, {}),
+                                                           ("svd", True, {}), ("ffa-lora", False, DP)])
+def test_secure_aggregation_gives_the_plain_aggregate_within_one_quantization_level(setup, tmp_path, method,
+                                                                                    products, extra):
+    cfg = tiny_config(setup, rounds=1, **{"method.name": method}, **extra)
+    run_inline(cfg, tmp_path / "plain")
+    grid, summary = run_inline(cfg, tmp_path / "secure", **SECAGG)
+    assert_near_aggregate(tmp_path / "secure", tmp_path / "plain", products)
+    secure, plain = read_metrics(tmp_path / "secure"), read_metrics(tmp_path / "plain")
+    assert [(m.clients, m.weights) for m in secure] == [(m.clients, m.weights) for m in plain]
+    assert [m.client_loss for m in secure] == [m.client_loss for m in plain]  # statistics travel unmasked
+    assert secure[-1].geometry is None and secure[-1].bytes_up is None and summary.basis_overlap is None
+    # the protocol ran: each sampled node went through its four stages (setup, keys, vectors, unmask)
+    stages = sum(t == "train" for _, t in grid.sent)
+    assert stages == 4 * len(secure[-1].clients)
+
+
+@pytest.mark.parametrize(("stage", "counted"), [("setup", False), ("share_keys", False),
+                                               ("collect_masked_vectors", False), ("unmask", True)])
+def test_secure_aggregation_survives_a_client_lost_at_any_stage(setup, tmp_path, stage, counted):
+    # Three clients, shares to all, threshold 2. A client lost before it sends its masked vector
+    # is left out (after sharing its keys, the others' shares remove its pairwise masks); one lost
+    # while unmasking is counted (its vector is in the sum; the others' shares remove its own mask).
+    cfg = tiny_config(setup, rounds=1, **{"federation.fraction": 1.0, "method.name": "fedavg"})
+    run_inline(cfg, tmp_path / "plain", broken=[] if counted else [2])
+    run_inline(cfg, tmp_path / "secure", drop_at={2: stage}, **SECAGG)
+    record = read_metrics(tmp_path / "secure")[-1]
+    assert record.sampled_clients == [0, 1, 2]
+    assert record.clients == ([0, 1, 2] if counted else [0, 1])
+    if not counted:
+        assert "dropped out of the SecAgg+ round" in record.failure_reasons["2"]
+    assert_near_aggregate(tmp_path / "secure", tmp_path / "plain", products=False)
+
+
+def test_secure_aggregation_refuses_what_it_cannot_serve_before_writing(setup, tmp_path):
+    from fedlora.engine import RoundFailed
+
+    for overrides, match in [({"method.name": "hetlora"}, "hetlora.*individual client updates"),
+                             ({"federation.weighting": "trained"}, "weighting 'trained'"),
+                             ({"method.name": "flexlora", "federation.client_ranks": [4, 2, 2]}, "client_ranks"),
+                             ({"federation.fraction": 0.3}, "at least 2 clients per round"),
+                             ({"method.name": "svd", "privacy.enabled": True, "federation.weighting": "uniform",
+                               "privacy.clipping": "server"}, "privacy.clipping: client")]:
+        with pytest.raises(ValueError, match=match):
+            run_inline(tiny_config(setup, **overrides), tmp_path / "run", **SECAGG)
+        assert not (tmp_path / "run").exists()
+    # a contribution outside the quantization range fails the client with the setting's name
+    with pytest.raises(RoundFailed, match="dropped out of the SecAgg\\+ round: ValueError.*secagg-clipping-range"):
+        run_inline(tiny_config(setup, rounds=1), tmp_path / "narrow", **{**SECAGG, "secagg_clipping_range": 1e-9})
 
 
 def test_too_few_replies_fail_the_run_clearly(setup, tmp_path):

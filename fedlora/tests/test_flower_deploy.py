@@ -44,6 +44,21 @@ def test_simulation_matches_the_in_process_engine(setup, tmp_path, method):
     assert (tmp_path / "flower" / "flower-logs" / "superlink.log").is_file()
 
 
+def test_simulation_keeps_each_clients_personal_factors_on_its_node(setup, tmp_path):
+    # FedSA-LoRA in Flower's simulation engine: a node's B must outlive the message that trained it
+    # (context.state), or its next round and the held-out scores of its own model would differ.
+    cfg = tiny_config(setup, rounds=3, **{"method.name": "fedsa-lora", "federation.client_holdout": 1})
+    train_federation(cfg, tmp_path / "engine")
+    flower_simulate(cfg, tmp_path / "flower", timeout_s=400, log=lambda _: None)
+    flower, engine = read_metrics(tmp_path / "flower"), read_metrics(tmp_path / "engine")
+    assert [m.clients for m in flower] == [m.clients for m in engine]
+    trained = [k for m in engine[1:] for k in m.clients]
+    assert len(trained) > len(set(trained))  # some client trains twice, from the B it kept
+    for f, e in zip(flower, engine):
+        assert (f.client_loss, f.heldout_accuracy) == pytest.approx((e.client_loss, e.heldout_accuracy), abs=1e-6)
+        assert f.heldout_loss == pytest.approx(e.heldout_loss, abs=1e-6), f.round
+
+
 def _submit(fl: LocalFederation, cfg, out: Path, **settings) -> int:
     s = FlowerSettings(engine="flower-deployment", out_dir=str(out), **settings)
     return fl.submit(write_app(fl.workdir / "app"), to_run_config(cfg, s))
@@ -105,3 +120,35 @@ def test_tls_auth_refuses_strangers_and_survives_a_killed_supernode(setup, tmp_p
     assert second.clients == [0, 1] and sum(second.weights) == pytest.approx(1.0, abs=1e-5)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["clients_ever_failed"] == [2] and summary["rounds"] == 2
+
+
+def test_secure_aggregation_across_three_supernodes_survives_a_killed_one(setup, tmp_path):
+    # SecAgg+ between real processes: round 1 sums all three clients' masked updates; node 2 is
+    # killed before round 2, which the protocol survives with the other two (threshold 2 of 3).
+    cfg = tiny_config(setup, **{"method.name": "fedavg", "federation.fraction": 1.0})
+    train_federation(cfg, tmp_path / "engine")
+    out = tmp_path / "flower"
+    fl = LocalFederation(tmp_path / "work", nodes=3)
+    with fl:
+        run_id = _submit(fl, cfg, out, min_replies=2, round_timeout_s=40.0, secure_aggregation=True,
+                         secagg_clipping_range=0.5)
+        killed = {}
+
+        def kill_after_round_one():
+            if not killed and (out / "metrics.jsonl").is_file() and read_metrics(out):
+                fl.procs.kill("supernode2")
+                killed["at"] = time.monotonic()
+
+        status = fl.wait_run(run_id, timeout_s=500, on_poll=kill_after_round_one)
+        assert status.completed, (status.status, status.details)
+    assert_all_stopped(fl)
+    assert killed, "round 1 never finished"
+    (first, second), plain = read_metrics(out), read_metrics(tmp_path / "engine")[0]
+    assert first.round == plain.round == 1
+    assert first.clients == plain.clients == [0, 1, 2] and first.weights == plain.weights
+    assert first.client_loss == plain.client_loss  # the same start: the same local training
+    # the securely summed global scores as the plain one, up to the quantization of the sum
+    assert (first.accuracy, first.loss) == pytest.approx((plain.accuracy, plain.loss), abs=1e-4)
+    assert first.geometry is None and first.bytes_up is None
+    assert second.failed_clients == [2] and second.clients == [0, 1]
+    assert "dropped out of the SecAgg+ round" in second.failure_reasons["2"]

@@ -66,7 +66,7 @@ def resolve_train(train: TrainConfig, family: str, device: torch.device | str = 
 
 @dataclass
 class ClientResult:
-    state: AdapterState
+    state: AdapterState | None  # None where the server receives only the secure sum (SecAgg+)
     mean_loss: float  # example-weighted mean task loss over the round
     examples: int
     micro_batches: int

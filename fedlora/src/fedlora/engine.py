@@ -58,7 +58,9 @@ class Federation:
     partition_stats: dict
     eval_precision: str = "fp32"  # resolved (fp32 | bf16); training's is in resolve_train
     client_ranks: list[int] | None = None  # per client; None: every client trains lora.r
-    holdout_data: list | None = None  # per client, pre-tokenised held-out items (federation.client_holdout)
+    # Per client, held-out items (federation.client_holdout) and their pre-tokenised form.
+    holdout_items: list[list[Item]] | None = None
+    holdout_data: list | None = None
     # Personalized methods: each client's own factors (client -> layer -> B), kept between rounds.
     personal: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
@@ -96,8 +98,8 @@ def _load_model(cfg: RunConfig, device: torch.device, log: Log):
 
 def build_federation(cfg: RunConfig, log: Log = print, node: int | None = None) -> Federation:
     """Data, partition, model and method of a run. `node`: built for the Flower SuperNode holding
-    that client, which tokenises its own partition only (the other clients' `client_data` are None)
-    and neither the eval set nor the held-out items (the ServerApp scores those)."""
+    that client, which tokenises its own partition and held-out items only (the other clients'
+    `client_data` and `holdout_data` are None) and not the eval set (the ServerApp scores that)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)  # before the data: a missing GPU fails at once
@@ -107,6 +109,7 @@ def build_federation(cfg: RunConfig, log: Log = print, node: int | None = None) 
     if cfg.federation.client_holdout:
         trained, held = split_holdout(partition, cfg.federation.client_holdout, cfg.seed)
     client_items = [[pools.train[i] for i in idx] for idx in trained]
+    holdout_items = [[pools.train[i] for i in idx] for idx in held] if held is not None else None
     model, tokenizer, family = _load_model(cfg, device, log)
     method = build_method(cfg.method, rank=cfg.lora.r, scaling=cfg.lora.scaling,
                           family_clip_tau=FAMILY_DEFAULTS[family]["clip_tau"])
@@ -132,8 +135,9 @@ def build_federation(cfg: RunConfig, log: Log = print, node: int | None = None) 
                          **partition_stats(partition, [it.activity_label for it in pools.train])},
         eval_precision=precision["eval"],
         client_ranks=ranks,
-        holdout_data=[encode([pools.train[i] for i in idx], tokenizer, family, max_len) for idx in held]
-        if held is not None and node is None else None,
+        holdout_items=holdout_items,
+        holdout_data=[encode(items, tokenizer, family, max_len) if node in (None, k) else None
+                      for k, items in enumerate(holdout_items)] if holdout_items is not None else None,
     )
 
 
@@ -200,13 +204,23 @@ def global_view(fed: Federation, state: AdapterState) -> AdapterState:
     return AdapterState(lora=lora, head=state.head, base=state.base)
 
 
-def heldout_scores(fed: Federation, state: AdapterState) -> dict:
-    """Each client's own model (client_start) on its own held-out items: the mean over clients of
-    their accuracies and losses (clients weigh alike: every client holds out as many items)."""
-    per_client = [evaluate_state(fed, client_start(fed, state, k), fed.holdout_data[k])[0]
-                  for k in range(len(fed.holdout_data))]
+def client_heldout(fed: Federation, state: AdapterState, client: int) -> dict:
+    """`client`'s own model (client_start from the global `state`) on its own held-out items:
+    accuracy, loss and n."""
+    return evaluate_state(fed, client_start(fed, state, client), fed.holdout_data[client])[0]
+
+
+def mean_heldout(per_client: list[dict]) -> dict:
+    """The round's held-out scores: the mean over clients of their accuracies and losses (clients
+    weigh alike: every client holds out as many items)."""
     return {"heldout_accuracy": float(np.mean([s["accuracy"] for s in per_client])),
             "heldout_loss": float(np.mean([s["loss"] for s in per_client]))}
+
+
+def heldout_scores(fed: Federation, state: AdapterState) -> dict:
+    """`mean_heldout` over every client, each scored here (the in-process engine holds every
+    client's items and personal factors; on Flower the nodes score their own)."""
+    return mean_heldout([client_heldout(fed, state, k) for k in range(len(fed.holdout_data))])
 
 
 def client_update(fed: Federation, state: AdapterState, round_idx: int, client: int) -> ClientResult:
@@ -224,9 +238,17 @@ def client_update(fed: Federation, state: AdapterState, round_idx: int, client: 
 
 
 def server_update(fed: Federation, state: AdapterState, round_idx: int, clients: list[int],
-                  results: list[ClientResult], time_train_s: float) -> tuple[AdapterState, RoundRecord]:
+                  results: list[ClientResult], time_train_s: float,
+                  heldout: Callable[[AdapterState], dict] | None = None,
+                  aggregated: AdapterState | None = None) -> tuple[AdapterState, RoundRecord]:
     """Aggregate the replies of `clients`, measure geometry, evaluate: the new global and the
     round's record. Shared by the in-process engine and the Flower server.
+
+    `heldout`: scores the clients' own models on their held-out items from the new global
+    (default `heldout_scores`, here; the Flower server asks the nodes, which hold them).
+    `aggregated`: the new global, already computed from the securely summed contributions
+    (SecAgg+): `results` then hold the clients' statistics without their adapters, and what
+    needs an individual update (geometry, drift, contribution norms, bytes) is not recorded.
 
     On an evaluated round the record carries the per-item scores and labels (arrays, not JSON);
     `RunRecorder.record_round` moves them to eval_items.npz."""
@@ -236,7 +258,9 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
     updates = [r.state for r in results]
     # Contiguous, as a checkpoint reloads it: identical memory layout keeps resumed runs bit-exact.
     contribution_norms = None
-    if cfg.privacy.enabled:
+    if aggregated is not None:
+        new_state = aggregated
+    elif cfg.privacy.enabled:
         new_state, contribution_norms = private_aggregate(fed.method, updates, state, round_idx, cfg.seed,
                                                           cfg.privacy)
     else:
@@ -247,23 +271,27 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
         if fed.client_ranks and r.rank is not None:
             fed.client_ranks[k] = r.rank
     ranks = [fed.rank_of(k) for k in clients]
-    geometry = round_geometry(updates, weights, state, new_state, cfg.lora.scaling, ranks)
+    # The clients' models of a personalized method include their personal factors, which this
+    # process holds in-process and a Flower server never receives: without them no geometry, no drift.
+    seen = aggregated is None and (not fed.method.personal or bool(fed.personal))
+    geometry = round_geometry(updates, weights, state, new_state, cfg.lora.scaling, ranks) if seen else None
     t3 = time.perf_counter()
     last = round_idx == cfg.rounds
     evaluated = last or round_idx % cfg.eval.every == 0
     scores, item_scores, labels = evaluate_state(fed, global_view(fed, new_state)) if evaluated else ({}, None, None)
-    heldout = heldout_scores(fed, new_state) if evaluated and fed.holdout_data else {}
+    score_heldout = heldout or (lambda s: heldout_scores(fed, s))
+    held = score_heldout(new_state) if evaluated and fed.holdout_data else {}
     t4 = time.perf_counter()
     record = RoundRecord(
         round=round_idx,
         accuracy=scores.get("accuracy"),
         loss=scores.get("loss"),
-        **heldout,
+        **held,
         clients=clients,
         weights=[round(w, 6) for w in weights.tolist()],
         client_loss=float(sum(r.mean_loss for r in results) / len(results)),
         # Client drift: ||dW_k - dW_start||_F per client, and the penalty's share of its objective.
-        client_update_norm=update_norms(updates, [r.start for r in results], cfg.lora.scaling),
+        client_update_norm=update_norms(updates, [r.start for r in results], cfg.lora.scaling) if seen else None,
         client_penalty=[r.mean_penalty for r in results],
         penalty_share=float(np.mean([r.mean_penalty / (r.mean_loss + r.mean_penalty) for r in results])),
         client_ranks=ranks,
@@ -273,7 +301,8 @@ def server_update(fed: Federation, state: AdapterState, round_idx: int, clients:
         time_aggregate_s=t2 - t1,
         time_geometry_s=t3 - t2,
         time_eval_s=t4 - t3,
-        bytes_up=sum(upload_bytes(u, fed.method.sent(round_idx), r) for u, r in zip(updates, ranks)),
+        bytes_up=sum(upload_bytes(u, fed.method.sent(round_idx), r) for u, r in zip(updates, ranks))
+        if aggregated is None else None,
         bytes_down=len(clients) * state.nbytes(),
         geometry=geometry,
         contribution_norms=contribution_norms,
@@ -297,6 +326,9 @@ class Replies:
     failures: dict[int, str] = field(default_factory=dict)
     bytes_up_wire: int | None = None
     bytes_down_wire: int | None = None
+    # The new global when the server received only the sum of the updates (SecAgg+): `results`
+    # then carry the clients' statistics, not their adapters.
+    aggregated: AdapterState | None = None
 
 
 # How an engine gets the sampled clients' updates: (global state, round, sampled clients) -> Replies.
@@ -304,10 +336,11 @@ Collect = Callable[[AdapterState, int, list[int]], Replies]
 
 
 def play_round(fed: Federation, state: AdapterState, round_idx: int, collect: Collect, min_replies: int = 1,
-               log: Log = print) -> tuple[AdapterState, RoundRecord]:
+               log: Log = print, heldout: Callable[[AdapterState], dict] | None = None
+               ) -> tuple[AdapterState, RoundRecord]:
     """One round, whatever the engine: sample, collect the clients' updates, leave out the clients
     that did not reply (recorded with the reason; the weights renormalise over the rest), fail
-    the round below `min_replies`, aggregate and record."""
+    the round below `min_replies`, aggregate and record (`heldout` as in `server_update`)."""
     cfg = fed.cfg
     sampled = sample_clients(cfg.seed, round_idx, cfg.federation.num_clients, cfg.federation.fraction)
     t0 = time.perf_counter()
@@ -320,7 +353,8 @@ def play_round(fed: Federation, state: AdapterState, round_idx: int, collect: Co
     if len(ok) < min_replies:
         raise RoundFailed(f"round {round_idx}: {len(ok)} of {len(sampled)} sampled clients replied, "
                           f"min-replies={min_replies}; failures: {failures}")
-    new_state, record = server_update(fed, state, round_idx, ok, [replies.results[k] for k in ok], time_train)
+    new_state, record = server_update(fed, state, round_idx, ok, [replies.results[k] for k in ok], time_train,
+                                      heldout, replies.aggregated)
     record.sampled_clients = sampled
     record.failed_clients = sorted(failures)
     record.failure_reasons = {str(k): v for k, v in sorted(failures.items())}

@@ -57,11 +57,14 @@ def plot_run(metrics: list[RoundRecord], folder: Path, title: str = "") -> list[
     written = []
     rounds_data = metrics  # round 0 (zero-shot, when evaluated) starts the accuracy and loss lines
     for family, series in FAMILIES.items():
+        lines = [(label, [(m.round, _value(m, key)) for m in rounds_data if _value(m, key) is not None])
+                 for key, label in series]
+        lines = [(label, pts) for label, pts in lines if pts]
+        if not lines:  # nothing recorded (a Flower server sees no geometry of personalized models)
+            continue
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
-        for key, label in series:
-            pts = [(m.round, _value(m, key)) for m in rounds_data if _value(m, key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+        for label, pts in lines:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=label)
         if family in CHANCE:
             _reference_lines(ax, family, [_value(m, family) for m in metrics
                                           if m.round == 0 and _value(m, family) is not None])

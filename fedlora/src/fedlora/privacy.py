@@ -33,8 +33,8 @@ from fedlora.config import PrivacySection
 from fedlora.state import AdapterState, LoraFactors
 
 
-def _delta_tensors(update: AdapterState, start: AdapterState, sent: str, scaling: float,
-                   aggregates: str) -> dict[str, Tensor]:
+def contribution(update: AdapterState, start: AdapterState, sent: str, scaling: float,
+                 aggregates: str) -> dict[str, Tensor]:
     """The client's contribution as named float64 tensors (see the module docstring)."""
     out = {}
     for name, f in update.lora.items():
@@ -61,7 +61,7 @@ def _clip_scale(norm: float, clipping_norm: float) -> float:
 def clip_factors(update: AdapterState, start: AdapterState, sent: str, clipping_norm: float) -> AdapterState:
     """`update` with its sent tensors moved toward `start` so that the sent delta has L2 norm at
     most `clipping_norm` (the client-side clipping of "factors" methods)."""
-    factor = _clip_scale(_norm(_delta_tensors(update, start, sent, 1.0, "factors")), clipping_norm)
+    factor = _clip_scale(_norm(contribution(update, start, sent, 1.0, "factors")), clipping_norm)
     if factor == 1.0:
         return update
     lora = {}
@@ -82,7 +82,7 @@ def noisy_mean(updates: list[AdapterState], start: AdapterState, sent: str, scal
     total: dict[str, Tensor] = {}
     norms = []
     for u in updates:
-        delta = _delta_tensors(u, start, sent, scaling, aggregates)
+        delta = contribution(u, start, sent, scaling, aggregates)
         norms.append(_norm(delta))
         factor = _clip_scale(norms[-1], cfg.clipping_norm) if clip else 1.0
         for k, t in delta.items():
@@ -91,12 +91,23 @@ def noisy_mean(updates: list[AdapterState], start: AdapterState, sent: str, scal
             else:
                 total[k] = t.mul_(factor)
         del delta
-    std = cfg.noise_multiplier * cfg.clipping_norm / n if cfg.noise_multiplier else 0.0
     for t in total.values():  # in place: the dense sums of "products" methods are large
         t.div_(n)
-        if std:
-            t.add_(torch.randn(t.shape, generator=generator, dtype=t.dtype), alpha=std)
+    add_noise(total, cfg, n, generator)
     return total, norms
+
+
+def add_noise(mean: dict[str, Tensor], cfg: PrivacySection, n: int, generator: torch.Generator) -> None:
+    """Add N(0, (noise_multiplier * C / n)^2) to every entry of the mean of n contributions, in place."""
+    std = cfg.noise_multiplier * cfg.clipping_norm / n if cfg.noise_multiplier else 0.0
+    if std:
+        for t in mean.values():
+            t.add_(torch.randn(t.shape, generator=generator, dtype=t.dtype), alpha=std)
+
+
+def noise_generator(seed: int, round_idx: int) -> torch.Generator:
+    """The round's noise generator, seeded by (seed, round): a resumed run replays the noise."""
+    return torch.Generator().manual_seed(derive_seed((seed, round_idx, 0x0D9)))
 
 
 def dense_as_factors(D: Tensor) -> LoraFactors:
@@ -110,25 +121,30 @@ def dense_as_factors(D: Tensor) -> LoraFactors:
 
 def private_aggregate(method, updates: list[AdapterState], start: AdapterState, round_idx: int, seed: int,
                       cfg: PrivacySection) -> tuple[AdapterState, list[float]]:
-    """The method's new global adapter computed from the noisy mean contribution alone (one
-    pseudo-client, weight 1, that the server rule post-processes), and the contributions' norms
-    as received (to calibrate the clipping norm: with `clipping: server`, before clipping)."""
+    """The method's new global adapter computed from the noisy mean contribution alone (see
+    `aggregate_mean`), and the contributions' norms as received (to calibrate the clipping norm:
+    with `clipping: server`, before clipping)."""
+    mean, norms = noisy_mean(updates, start, method.sent(round_idx), method.scaling, method.aggregates, cfg,
+                             noise_generator(seed, round_idx), clip=cfg.clipping == "server")
+    return aggregate_mean(method, mean, start, round_idx, seed), norms
+
+
+def aggregate_mean(method, mean: dict[str, Tensor], start: AdapterState, round_idx: int, seed: int) -> AdapterState:
+    """The method's new global adapter from the mean contribution alone (noisy under DP, summed
+    securely under SecAgg+): one pseudo-client of weight 1, start + mean, that the server rule
+    post-processes. Consumes `mean`."""
     sent = method.sent(round_idx)
-    generator = torch.Generator().manual_seed(derive_seed((seed, round_idx, 0x0D9)))
-    mean, norms = noisy_mean(updates, start, sent, method.scaling, method.aggregates, cfg, generator,
-                             clip=cfg.clipping == "server")
     head = {name: (start.head[name].double() + mean[f"head::{name}"]).to(t.dtype) for name, t in start.head.items()}
     lora = {}
     for name, ref in start.lora.items():
-        if method.aggregates == "products":  # D = s B A + noisy mean update, as the factors of D / s
+        if method.aggregates == "products":  # D = s B A + mean update, as the factors of D / s
             D = (method.scaling * ref.B.double() @ ref.A.double() + mean.pop(name)) / method.scaling
             lora[name] = dense_as_factors(D.float())
         else:
             lora[name] = ref._replace(**{k: (getattr(ref, k).double() + mean[f"{name}::{k}"]).to(getattr(ref, k).dtype)
                                          for k in sent})
     pseudo = AdapterState(lora=lora, head=head)
-    new = method.aggregate([pseudo], torch.ones(1, dtype=torch.float64), start, round_idx, seed, check_layout=False)
-    return new, norms
+    return method.aggregate([pseudo], torch.ones(1, dtype=torch.float64), start, round_idx, seed, check_layout=False)
 
 
 def epsilon_after(cfg: PrivacySection, rounds: int, sampled: int, population: int) -> float | None:

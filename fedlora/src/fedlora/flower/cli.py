@@ -39,6 +39,9 @@ ROUND_TIMEOUT = typer.Option(600.0, help="seconds to wait for the replies of one
 TIMEOUT = typer.Option(3600.0, help="seconds to wait for the whole run")
 CLIENT_EVAL = typer.Option(False, help="sampled clients also score the new global on their own data")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="log process starts and Flower calls")
+SECAGG = typer.Option(False, "--secure-aggregation", help="Flower's SecAgg+: the server sees only the updates' sum")
+SECAGG_RANGE = typer.Option(8.0, help="SecAgg+: every contribution entry must lie in [-range, range]")
+SECAGG_THRESHOLD = typer.Option(0.67, help="SecAgg+: fraction of key shares that rebuilds a dropped client's masks")
 
 
 @flower_app.command()
@@ -46,14 +49,17 @@ def simulate(config: Path = typer.Argument(..., help="YAML config"), set_: Optio
              out: Optional[Path] = OUT, min_replies: int = MIN_REPLIES, round_timeout: float = ROUND_TIMEOUT,
              timeout: float = TIMEOUT, client_eval: bool = CLIENT_EVAL,
              cpus_per_client: int = typer.Option(1, help="CPUs Ray reserves per virtual client"),
-             verbose: bool = VERBOSE) -> None:
+             secure_aggregation: bool = SECAGG, secagg_clipping_range: float = SECAGG_RANGE,
+             secagg_threshold: float = SECAGG_THRESHOLD, verbose: bool = VERBOSE) -> None:
     """N virtual clients on Flower's simulation engine (a simulation SuperLink + `flwr run`)."""
     from fedlora.flower.run import FlowerRunFailed, flower_simulate
 
     try:
         cfg, out = _setup(config, set_, out, "flower-sim", verbose)
         summary = flower_simulate(cfg, out, timeout_s=timeout, cpus_per_client=cpus_per_client, log=_log,
-                                  min_replies=min_replies, round_timeout_s=round_timeout, client_eval=client_eval)
+                                  min_replies=min_replies, round_timeout_s=round_timeout, client_eval=client_eval,
+                                  secure_aggregation=secure_aggregation, secagg_clipping_range=secagg_clipping_range,
+                                  secagg_threshold=secagg_threshold)
     except (*user_errors(), FlowerRunFailed) as err:
         _fail(err)
     _report(summary, out)
@@ -67,14 +73,18 @@ def deploy(config: Path = typer.Argument(..., help="YAML config"), set_: Optiona
            tls: bool = typer.Option(False, help="TLS with a fresh self-signed CA"),
            auth: bool = typer.Option(False, help="SuperNode authentication (needs --tls)"),
            min_replies: int = MIN_REPLIES, round_timeout: float = ROUND_TIMEOUT, timeout: float = TIMEOUT,
-           client_eval: bool = CLIENT_EVAL, verbose: bool = VERBOSE) -> None:
+           client_eval: bool = CLIENT_EVAL, secure_aggregation: bool = SECAGG,
+           secagg_clipping_range: float = SECAGG_RANGE, secagg_threshold: float = SECAGG_THRESHOLD,
+           verbose: bool = VERBOSE) -> None:
     """One SuperLink and one SuperNode per client as processes on 127.0.0.1, then `flwr run`."""
     from fedlora.flower.run import FlowerRunFailed, flower_deploy
 
     try:
         cfg, out = _setup(config, set_, out, "flower-deploy", verbose)
         summary = flower_deploy(cfg, out, nodes=nodes, tls=tls, auth=auth, timeout_s=timeout, log=_log,
-                                min_replies=min_replies, round_timeout_s=round_timeout, client_eval=client_eval)
+                                min_replies=min_replies, round_timeout_s=round_timeout, client_eval=client_eval,
+                                secure_aggregation=secure_aggregation, secagg_clipping_range=secagg_clipping_range,
+                                secagg_threshold=secagg_threshold)
     except (*user_errors(), FlowerRunFailed) as err:
         _fail(err)
     _report(summary, out)

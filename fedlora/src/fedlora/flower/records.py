@@ -3,7 +3,8 @@
 Message content layout (keys of the RecordDict):
     "arrays"  ArrayRecord   adapter tensors, keys of `AdapterState.flat_dict()`
                             (FedSVD clients keep A frozen, so they send B and the head only)
-    "config"  ConfigRecord  server -> client: server-round, client (the partition to train)
+    "config"  ConfigRecord  server -> client: server-round, client (the partition to train or
+                            score), rank, heldout (score the node's own model on its held-out items)
     "metrics" MetricRecord  client -> server: the ClientResult statistics and num-examples
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fedlora.client import ClientResult
 from fedlora.state import AdapterState
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
-ROUND_KEY, CLIENT_KEY, RANK_KEY = "server-round", "client", "rank"
+ROUND_KEY, CLIENT_KEY, RANK_KEY, HELDOUT_KEY = "server-round", "client", "rank", "heldout"
 RESULT_FIELDS = ("mean_loss", "examples", "micro_batches", "optimizer_steps", "mean_penalty")
 
 
@@ -86,6 +87,37 @@ def read_train_config(content: RecordDict) -> tuple[int, int, int | None]:
             raise ValueError(f"train message lacks config key {key!r}")
     rank = int(config[RANK_KEY]) if RANK_KEY in config else None
     return int(config[ROUND_KEY]), int(config[CLIENT_KEY]), rank
+
+
+def evaluate_content(state: AdapterState, client: int, heldout: bool, rank: int | None = None) -> RecordDict:
+    """Server -> client: the global adapter to score on the node's partition, or (`heldout`) to
+    start the client's own model from and score that on its held-out items."""
+    config = ConfigRecord({CLIENT_KEY: client, HELDOUT_KEY: heldout})
+    if rank is not None:
+        config[RANK_KEY] = rank
+    return RecordDict({ARRAYS: state_to_arrays(state), CONFIG: config})
+
+
+def read_evaluate_config(content: RecordDict) -> tuple[int, bool, int | None]:
+    """(client, heldout, the client's rank or None) of an evaluate message."""
+    config = content[CONFIG]
+    for key in (CLIENT_KEY, HELDOUT_KEY):
+        if key not in config:
+            raise ValueError(f"evaluate message lacks config key {key!r}")
+    rank = int(config[RANK_KEY]) if RANK_KEY in config else None
+    return int(config[CLIENT_KEY]), bool(config[HELDOUT_KEY]), rank
+
+
+def personal_to_arrays(personal: dict[str, torch.Tensor]) -> ArrayRecord:
+    """A client's personal factors (layer -> tensor) as a record of its node's private state."""
+    record = ArrayRecord()
+    for name, tensor in personal.items():
+        record[name] = Array(tensor.detach().cpu().contiguous().numpy())
+    return record
+
+
+def arrays_to_personal(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.array(a.numpy(), copy=True)) for name, a in record.items()}
 
 
 def result_content(result: ClientResult, client: int, sent: str, rank: int | None = None) -> RecordDict:

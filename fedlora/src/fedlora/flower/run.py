@@ -22,8 +22,14 @@ class FlowerRunFailed(RuntimeError):
     """The Flower run ended in a state other than finished:completed."""
 
 
-def _settings(engine: str, out: Path, **overrides) -> FlowerSettings:
-    return FlowerSettings(engine=engine, out_dir=str(out), **{k: v for k, v in overrides.items() if v is not None})
+def _settings(cfg: RunConfig, engine: str, out: Path, **overrides) -> FlowerSettings:
+    """The run's Flower settings, refused before any process starts where they cannot serve `cfg`."""
+    settings = FlowerSettings(engine=engine, out_dir=str(out), **{k: v for k, v in overrides.items() if v is not None})
+    if settings.secure_aggregation:
+        from fedlora.flower.secagg import check_secure_aggregation
+
+        check_secure_aggregation(cfg)
+    return settings
 
 
 def _finish(fl: LocalFederation, status: RunStatus, out: Path, timings: dict, log: Log) -> RunSummary:
@@ -63,7 +69,7 @@ def flower_simulate(cfg: RunConfig, out: str | Path, *, timeout_s: float = 3600.
                     log: Log = print, **settings) -> RunSummary:
     """Run `cfg` on Flower's simulation engine (one virtual SuperNode per client)."""
     out = _prepare(out)
-    settings_obj = _settings("flower-simulation", out, **settings)
+    settings_obj = _settings(cfg, "flower-simulation", out, **settings)
     federation_config = {"num-supernodes": cfg.federation.num_clients,
                          "client-resources-num-cpus": cpus_per_client}
     with tempfile.TemporaryDirectory(prefix="fedlora-flower-") as work:
@@ -80,7 +86,7 @@ def flower_deploy(cfg: RunConfig, out: str | Path, *, nodes: int | None = None, 
         raise ValueError(f"one SuperNode per client: --nodes {nodes} but federation.num_clients="
                          f"{cfg.federation.num_clients} (set --set federation.num_clients={nodes})")
     out = _prepare(out)
-    settings_obj = _settings("flower-deployment", out, **settings)
+    settings_obj = _settings(cfg, "flower-deployment", out, **settings)
     with tempfile.TemporaryDirectory(prefix="fedlora-flower-") as work:
         with LocalFederation(work, nodes=nodes, tls=tls, auth=auth) as fl:
             return _execute(fl, cfg, settings_obj, out, timeout_s, None, on_poll, log)

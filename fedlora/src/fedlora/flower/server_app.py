@@ -1,7 +1,8 @@
 """Flower ServerApp: sampling, aggregation, geometry, evaluation and the run folder, all from the
 package's own engine.
 
-Each round is the in-process engine's `play_round`, with `MessageRound` collecting the updates:
+Each round is the in-process engine's `play_round`, with `MessageRound` collecting the updates
+(`secagg.SecureRound` under secure aggregation, where the server receives only their sum):
 it samples exactly the clients the in-process engine samples (`sample_clients` by (seed,
 round)), sends each one the global adapter on the node that reported that partition, and
 aggregates the replies that arrived with the configured method (`server_update`, so every
@@ -9,6 +10,12 @@ method and ablation switch of `build_method` is available). Clients that crash o
 round timeout are left out (weights renormalise over the replies) and listed in the round's
 `failed_clients`; the run fails only when fewer than `min-replies` arrive. Nothing is carried
 from one step of a round to the next outside that one function call.
+
+A personalized method's factors (FedSA-LoRA's B) stay on the nodes: the server holds the global
+A and the initial B, so the model it evaluates is that one, the clients' own models are scored by
+their nodes on their held-out items, and the geometry and drift of the clients' models, which
+need their B, are not recorded (the in-process engine measures both, and evaluates an
+evaluation-only global with the clients' mean B).
 """
 from __future__ import annotations
 
@@ -19,8 +26,17 @@ from typing import Iterable
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedlora.engine import Federation, Replies, RunRecorder, build_federation, client_start, play_round
-from fedlora.flower.records import ARRAYS, METRICS, read_result, state_to_arrays, train_content, wire_bytes
+from fedlora.engine import Federation, Replies, RunRecorder, build_federation, client_start, mean_heldout, play_round
+from fedlora.flower.records import (
+    ARRAYS,
+    METRICS,
+    evaluate_content,
+    read_result,
+    state_to_arrays,
+    train_content,
+    wire_bytes,
+)
+from fedlora.flower.secagg import SecureRound, check_secure_aggregation
 from fedlora.flower.settings import FlowerSettings, parse_run_config
 from fedlora.records import RunSummary
 from fedlora.rundir import RunDir
@@ -31,12 +47,14 @@ log = logging.getLogger("fedlora.flower.server")
 
 class PollingGrid(Grid):
     """Flower's Grid with a configurable pull interval (the deployment grid sleeps 3 s between
-    pulls) that remembers where each message went, so error replies map back to clients."""
+    pulls) that remembers where each message went, so error replies map back to clients, and
+    the last error each node replied with."""
 
     def __init__(self, grid: Grid, poll_interval_s: float):
         self._grid = grid
         self.poll_interval_s = poll_interval_s
         self.destination: dict[str, int] = {}  # message id -> destination node id
+        self.errors: dict[int, str] = {}  # node id -> the reason of its last error reply
 
     def set_run(self, run) -> None:
         self._grid.set_run(run)
@@ -67,6 +85,7 @@ class PollingGrid(Grid):
         while pending:
             got = list(self.pull_messages(pending))
             replies.extend(got)
+            self.errors.update({self.origin(m): m.error.reason for m in got if m.has_error()})
             pending -= {m.metadata.reply_to_message_id for m in got}
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break
@@ -149,32 +168,48 @@ class MessageRound:
         return Replies(results, failures, bytes_up_wire=wire_up,
                        bytes_down_wire=len(clients) * wire_bytes(state_to_arrays(state)))
 
+    def scores(self, state: AdapterState, round_idx: int, clients: list[int], heldout: bool) -> list:
+        """The metrics of the nodes of `clients` that answered an evaluate message (see
+        client_app.evaluate_local); a node that failed is logged and left out."""
+        messages = [Message(evaluate_content(state, k, heldout, self.fed.message_rank(k)),
+                            dst_node_id=self.node_of_client[k], message_type=MessageType.EVALUATE,
+                            group_id=str(round_idx)) for k in clients if k in self.node_of_client]
+        replies = list(self.grid.send_and_receive(messages, timeout=self.settings.round_timeout_s))
+        for reply in replies:
+            if reply.has_error():
+                log.warning("round %d: client %s did not score: %s", round_idx,
+                            self.client_of_node.get(self.grid.origin(reply)), reply.error.reason)
+        answered = [r.content[METRICS] for r in replies if not r.has_error()]
+        if len(answered) < len(clients):
+            log.warning("round %d: %d of %d clients scored", round_idx, len(answered), len(clients))
+        return answered
+
     def evaluate(self, state: AdapterState, round_idx: int, clients: list[int]) -> dict | None:
         """The new global scored by `clients` on their own data: example-weighted accuracy and loss
         over the nodes that answered (None when none did)."""
-        messages = [Message(RecordDict({ARRAYS: state_to_arrays(state)}), dst_node_id=self.node_of_client[k],
-                            message_type=MessageType.EVALUATE, group_id=str(round_idx)) for k in clients]
-        replies = self.grid.send_and_receive(messages, timeout=self.settings.round_timeout_s)
-        scores = [r.content[METRICS] for r in replies if not r.has_error()]
+        scores = self.scores(state, round_idx, clients, heldout=False)
         if not scores:
             return None
         n = sum(float(s["num-examples"]) for s in scores)
         mean = {key: sum(float(s[key]) * float(s["num-examples"]) for s in scores) / n for key in ("accuracy", "loss")}
         return {**mean, "clients": sorted(int(s["client"]) for s in scores)}
 
+    def heldout(self, state: AdapterState, round_idx: int) -> dict:
+        """`engine.mean_heldout` over the clients whose nodes answered: each node scores the
+        client's own model (its rank, its personal factors, which only it holds) on its held-out
+        items. Every client is asked, as the in-process engine scores every client."""
+        scores = self.scores(state, round_idx, list(range(self.fed.cfg.federation.num_clients)), heldout=True)
+        return mean_heldout(scores) if scores else {}
+
 
 def run_server(grid: Grid, cfg, settings: FlowerSettings) -> RunSummary:
     """The whole Flower run on the server side; writes the run folder at settings.out_dir."""
     if not settings.out_dir:
         raise ValueError("Flower run config key 'out-dir' is empty: the ServerApp needs a run folder")
-    from fedlora.methods import METHODS
-
-    if METHODS[cfg.method.name].personal:
-        raise ValueError(f"method {cfg.method.name!r} keeps factors on each client between rounds, which needs "
-                         f"node-local state the Flower apps do not keep yet: run it with the in-process engine "
-                         f"(`fedlora run`)")
     run_dir = RunDir(settings.out_dir)
     run_dir.check_free()
+    if settings.secure_aggregation:
+        check_secure_aggregation(cfg)
     fed = build_federation(cfg, log=log.info)
     with run_dir.lock():  # one writer per run folder, as in the in-process engine
         recorder = RunRecorder(fed, run_dir, resume=False, log=log.info)
@@ -184,11 +219,15 @@ def run_server(grid: Grid, cfg, settings: FlowerSettings) -> RunSummary:
             node_of_client = discover_nodes(polling, cfg.federation.num_clients, settings)
             discovery_s = time.perf_counter() - started
             messages = MessageRound(fed, polling, node_of_client, settings)
+            collect = SecureRound(fed, polling, node_of_client, settings) if settings.secure_aggregation else messages
             log.info("fedlora on Flower: method %s, %d clients, fraction %s, min replies %d", cfg.method.name,
                      cfg.federation.num_clients, cfg.federation.fraction, settings.min_replies)
             for round_idx in range(1, cfg.rounds + 1):
-                new_state, record = play_round(fed, recorder.state, round_idx, messages, settings.min_replies,
-                                               log=log.warning)
+                # Held-out scores come from the nodes (round 0's, before any client trained, are the
+                # server's: every client's model is then the global at its rank).
+                heldout = (lambda s, r=round_idx: messages.heldout(s, r)) if fed.holdout_data else None
+                new_state, record = play_round(fed, recorder.state, round_idx, collect, settings.min_replies,
+                                               log=log.warning, heldout=heldout)
                 if settings.client_eval:
                     record.client_eval = messages.evaluate(new_state, round_idx, record.clients)
                 recorder.record_round(new_state, record)

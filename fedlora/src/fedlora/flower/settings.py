@@ -34,13 +34,25 @@ class FlowerSettings(BaseModel):
     poll_interval_s: float = Field(1.0, gt=0, description="pause between reply pulls")
     node_wait_s: float = Field(120.0, ge=0, description="wait this long for all nodes to connect")
     client_eval: bool = False  # also let the sampled clients score the new global on their data
+    # Flower's SecAgg+ (flower/secagg.py): the server learns only the sum of the updates. Shares of
+    # each client's keys go to this fraction of the round's clients, and this fraction of the
+    # shares rebuilds a dropped client's masks (Flower's num_shares / reconstruction_threshold).
+    secure_aggregation: bool = False
+    secagg_num_shares: float = Field(1.0, gt=0, le=1)
+    secagg_threshold: float = Field(0.67, gt=0, le=1)
+    # Each contribution entry must lie in [-range, range] (checked on the client, never clipped);
+    # it is quantized to this many levels, so the sum is exact to about 2 * range / levels per client.
+    secagg_clipping_range: float = Field(8.0, gt=0)
+    secagg_quantization_range: int = Field(2**22, ge=2, lt=2**31)
 
 
 # Flat Flower run-config keys (kebab case, as Flower apps use) -> FlowerSettings fields.
 SETTING_KEYS = {
     "engine": "engine", "out-dir": "out_dir", "min-replies": "min_replies",
     "round-timeout-s": "round_timeout_s", "poll-interval-s": "poll_interval_s",
-    "node-wait-s": "node_wait_s", "client-eval": "client_eval",
+    "node-wait-s": "node_wait_s", "client-eval": "client_eval", "secure-aggregation": "secure_aggregation",
+    "secagg-num-shares": "secagg_num_shares", "secagg-threshold": "secagg_threshold",
+    "secagg-clipping-range": "secagg_clipping_range", "secagg-quantization-range": "secagg_quantization_range",
 }
 CONFIG_KEYS = ("config-json", "config-path", "overrides")
 
