@@ -7,7 +7,8 @@ Reports total wall time, start-up (processes, node discovery), and per round the
 for client replies vs the time the in-process engine spends training the same clients; the
 difference is messaging overhead (per-message process start, polling). The deployment runs
 twice: with this package's polling (SuperExec 1 s as Flower, ServerApp replies every 1 s instead
-of Flower's 3 s) and with 0.2 s for both. A fresh process, as a deployment starts for every
+of Flower's 3 s) and with 0.2 s for both, and once more with secure aggregation (SecAgg+: four
+message exchanges per round instead of one). A fresh process, as a deployment starts for every
 message, measures what a message pays before it trains (imports, config, data, model). The
 default config is MiniLM with about 17 s of training per client and round (1 thread), so the
 fixed costs are weighed against real work. Results: results/bench_flower.{json,md}, with
@@ -114,8 +115,12 @@ def main() -> None:
         finally:
             del os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"]
 
+    results["flower-deployment-secagg"] = timed("deployment with SecAgg+", lambda: flower_deploy(
+        cfg, out / "deployment-secagg", log=quiet, timeout_s=1800, secure_aggregation=True))
+
     folders = {"in-process": "in-process", "flower-simulation": "simulation", "flower-deployment": "deployment",
-               "flower-deployment-fast-polling": "deployment-fast-polling"}
+               "flower-deployment-fast-polling": "deployment-fast-polling",
+               "flower-deployment-secagg": "deployment-secagg"}
     table = ["| engine | total wall s | start-up s | node discovery s | mean round s | mean reply wait s |"
              " overhead per round s | final acc | final loss |", "|---|---|---|---|---|---|---|---|---|"]
     base_wait = None
@@ -135,13 +140,15 @@ def main() -> None:
                      f"{statistics.mean(stats['round_s']):.1f} | {wait:.1f} | {wait - base_wait:.1f} | "
                      f"{stats['final_accuracy']:.4f} | {stats['final_loss']:.4f} |")
     rounds = {key: statistics.mean(results[key]["rounds"]["round_s"]) for key in folders if key in results}
-    for key, name in (("flower-simulation", "simulation"), ("flower-deployment", "deploy")):
+    for key, name in (("flower-simulation", "simulation"), ("flower-deployment", "deploy"),
+                      ("flower-deployment-secagg", "secagg_deploy")):
         results[f"{name}_round_over_inprocess"] = rounds[key] / rounds["in-process"]
     trained = results["in-process"]["rounds"]
     per_client = statistics.mean(trained["train_wait_s"]) / trained["clients_per_round"]
     cost = results["message_cost"]
     lines = table + ["", f"Deployment round / in-process round: {results['deploy_round_over_inprocess']:.2f}x "
-                     f"(simulation: {results['simulation_round_over_inprocess']:.2f}x). In-process training per "
+                     f"(simulation: {results['simulation_round_over_inprocess']:.2f}x; deployment with SecAgg+: "
+                     f"{results['secagg_deploy_round_over_inprocess']:.2f}x). In-process training per "
                      f"client and round: {per_client:.1f} s.", "",
                      "What one fresh ClientApp process pays before it trains (a deployment starts one per message):",
                      "", "| stage | s |", "|---|---|"]
