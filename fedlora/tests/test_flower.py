@@ -433,7 +433,8 @@ DP = {"federation.weighting": "uniform", "privacy.enabled": True, "privacy.clipp
 
 
 @pytest.mark.parametrize(("method", "products", "extra"), [("fedavg", False, {}), ("fedsvd", True, {}),
-                                                           ("svd", True, {}), ("ffa-lora", False, DP)])
+                                                           ("svd", True, {}), ("ffa-lora", False, DP),
+                                                           ("fedsa-lora", False, {"federation.client_holdout": 1})])
 def test_secure_aggregation_gives_the_plain_aggregate_within_one_quantization_level(setup, tmp_path, method,
                                                                                     products, extra):
     cfg = tiny_config(setup, rounds=1, **{"method.name": method}, **extra)

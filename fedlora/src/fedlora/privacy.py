@@ -15,6 +15,7 @@ What a contribution is depends on what the method's server rule reads (`MethodPr
   these methods take `clipping: server` only: a trusted server sees the individual updates.
 
 Methods whose rule is neither (HetLoRA's norm-based weights, FedEx-LoRA's two releases) are refused.
+The same contributions are what Flower's SecAgg+ sums (flower/secagg.py, `aggregate_mean`).
 Noise is drawn from a generator seeded by (seed, round), so a resumed run replays it. Weights are
 uniform (federation.weighting: uniform): the noise is calibrated to one client's weight 1/n.
 The privacy spent, epsilon at `delta` after each round, comes from Flower's RDP accountant
