@@ -48,7 +48,9 @@ def metrics_for(method: str, seed: int, rounds: int, recorded: bool, cell: int =
             penalty = rng.uniform(0, 0.01, 3) if "subspace" == method or "penalty" in method else np.zeros(3)
             drift = rng.uniform(1, 5, 3) * (1 + OFFSET[method])
             records[-1] |= {"client_update_norm": drift.tolist(), "client_penalty": penalty.tolist(),
-                            "penalty_share": float(np.mean(penalty / (1.3 + penalty)))}
+                            "penalty_share": float(np.mean(penalty / (1.3 + penalty))),
+                            "heldout_accuracy": rng.uniform(0.2, 0.5), "heldout_loss": rng.uniform(1.3, 1.4),
+                            "bytes_up": int(rng.integers(10**5, 10**6)), "bytes_down": 2 * 10**6}
     return records
 
 
@@ -350,6 +352,21 @@ def test_client_drift_table(sweep: Path, tmp_path: Path):
             assert by_method[name][column] == f"{values.mean():.{digits}f} ± {values.std():.{digits}f}", (name, key)
     assert float(by_method["Subspace-Reg"][5].split(" ± ")[0]) > 0
     assert by_method["FedAvg"][5] == "0.0000 ± 0.0000"
+    assert by_method["fedavg-penalty"][2:] == ["n/a"] * 4
+
+
+def test_clients_own_models_and_bytes_table(sweep: Path, tmp_path: Path):
+    header, rows = tables(render([sweep], tmp_path / "page.md"))["Clients' own models and bytes on the wire"]
+    by_method = {r[0]: r for r in rows}
+    assert header == ["Method", "n", "Final held-out acc (clients' own models)", "Final held-out loss",
+                      "Up per round (MB)", "Down per round (MB)"]
+    metrics = [RunDir(sweep / "tiny-encoder" / "svd" / f"seed{s}").read_metrics()[1:] for s in (42, 43)]
+    for column, values, digits in [(2, [m[-1].heldout_accuracy for m in metrics], 3),
+                                   (3, [m[-1].heldout_loss for m in metrics], 4),
+                                   (4, [np.mean([r.bytes_up for r in m]) / 1e6 for m in metrics], 3)]:
+        values = np.array(values)
+        assert by_method["SVD"][column] == f"{values.mean():.{digits}f} ± {values.std():.{digits}f}", column
+    assert by_method["SVD"][5] == "2.000 ± 0.000"
     assert by_method["fedavg-penalty"][2:] == ["n/a"] * 4
 
 

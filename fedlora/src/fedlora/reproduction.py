@@ -213,6 +213,45 @@ def geometry_table(methods: dict[str, list[dict]]) -> list[str]:
     return lines + _table(["Method", "n", *(c[0] for c in GEOMETRY_COLUMNS)], rows)
 
 
+# The clients' own models on their held-out items (federation.client_holdout) and the bytes the
+# clients' updates and the server's broadcasts hold per round: what personalized and
+# communication-saving methods are for.
+CLIENT_COLUMNS = [("Final held-out acc (clients' own models)", "heldout_accuracy", 3),
+                  ("Final held-out loss", "heldout_loss", 4),
+                  ("Up per round (MB)", "bytes_up", 3), ("Down per round (MB)", "bytes_down", 3)]
+
+
+def client_values(run: dict) -> dict[str, float]:
+    """Held-out scores of the last evaluated round and the mean bytes up and down per round (MB);
+    only the keys the run's metrics carry."""
+    rounds = [m for m in run["metrics"] if m.round > 0]
+    scored = [m for m in rounds if m.heldout_accuracy is not None]
+    values = {}
+    if scored:
+        values["heldout_accuracy"], values["heldout_loss"] = scored[-1].heldout_accuracy, scored[-1].heldout_loss
+    for key in ("bytes_up", "bytes_down"):
+        sent = [getattr(m, key) for m in rounds if getattr(m, key) is not None]
+        if sent:
+            values[key] = float(np.mean(sent)) / 1e6
+    return values
+
+
+def client_table(methods: dict[str, list[dict]]) -> list[str]:
+    rows = []
+    for method, runs in methods.items():
+        per_run = [client_values(r) for r in runs if r["summary"] is not None]
+        cells = [_cell([v[key] for v in per_run if key in v], 0, digits) for _, key, digits in CLIENT_COLUMNS]
+        rows.append([method_label(method), _count(runs), *cells])
+    lines = ["Held-out: every client's own model scored on items of its own partition held out of training "
+             "(`federation.client_holdout`), mean over clients, in the last evaluated round. A client's own "
+             "model is the global for every method but FedSA-LoRA, whose clients keep their own B (its "
+             "\"Final acc\" above is an evaluation-only global, A_g with the clients' mean B). Up: the factors "
+             "and head the round's clients send (at their own rank); down: the global sent to them; MB = 10^6 "
+             "bytes per round, all sampled clients together. Mean ± population std (ddof=0) over complete "
+             "seeds; n/a where the runs did not record it.", ""]
+    return lines + _table(["Method", "n", *(c[0] for c in CLIENT_COLUMNS)], rows)
+
+
 # -- direction of findings vs the reference ---------------------------------------------------
 def reference_name(model: str) -> str:
     return "SmolLM-360M" if "smollm" in model.lower() else "RoBERTa-large"
@@ -626,6 +665,7 @@ def sweep_section(sweep_dir: Path, runs: list[dict], page: Path, used: set[str])
         lines += ["#### Results (mean ± sample std, ddof=1)", ""] + results_table(methods, ddof=1)
         lines += ["#### Per run", ""] + per_run_table(methods) + zero_shot_lines(methods)
         lines += ["#### Geometry of the last round", ""] + geometry_table(methods)
+        lines += ["#### Clients' own models and bytes on the wire", ""] + client_table(methods)
         lines += ["#### Accuracy and overlap per round", ""] + write_plots(methods, model, plot_dir, page)
         lines += ["#### Direction of each finding vs the reference study", "",
                   "Orderings of the means over complete seeds (of raw values: for the loss, higher is worse); "
