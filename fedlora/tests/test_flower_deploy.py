@@ -59,6 +59,18 @@ def test_simulation_keeps_each_clients_personal_factors_on_its_node(setup, tmp_p
         assert f.heldout_loss == pytest.approx(e.heldout_loss, abs=1e-6), f.round
 
 
+def wait_killing_node_two_after_round_one(fl: LocalFederation, run_id: int, out: Path):
+    """(the run's final status, whether supernode2 was killed once round 1 was on disk)."""
+    killed = {}
+
+    def kill_after_round_one():
+        if not killed and (out / "metrics.jsonl").is_file() and read_metrics(out):
+            fl.procs.kill("supernode2")
+            killed["at"] = time.monotonic()
+
+    return fl.wait_run(run_id, timeout_s=500, on_poll=kill_after_round_one), bool(killed)
+
+
 def _submit(fl: LocalFederation, cfg, out: Path, **settings) -> int:
     s = FlowerSettings(engine="flower-deployment", out_dir=str(out), **settings)
     return fl.submit(write_app(fl.workdir / "app"), to_run_config(cfg, s))
@@ -97,14 +109,7 @@ def test_tls_auth_refuses_strangers_and_survives_a_killed_supernode(setup, tmp_p
                                       extra=["--max-retries", "1"])
         keyless = fl.procs.start("keyless", fl.supernode_command(1, None) + ["--max-retries", "1"])
         run_id = _submit(fl, cfg, out, min_replies=2, round_timeout_s=75.0)
-        killed = {}
-
-        def kill_after_round_one():
-            if not killed and (out / "metrics.jsonl").is_file() and read_metrics(out):
-                fl.procs.kill("supernode2")
-                killed["at"] = time.monotonic()
-
-        status = fl.wait_run(run_id, timeout_s=500, on_poll=kill_after_round_one)
+        status, killed = wait_killing_node_two_after_round_one(fl, run_id, out)
         assert status.completed, (status.status, status.details)
         for proc in (stranger, keyless):
             assert proc.popen.wait(timeout=60) != 0
@@ -132,14 +137,7 @@ def test_secure_aggregation_across_three_supernodes_survives_a_killed_one(setup,
     with fl:
         run_id = _submit(fl, cfg, out, min_replies=2, round_timeout_s=40.0, secure_aggregation=True,
                          secagg_clipping_range=0.5)
-        killed = {}
-
-        def kill_after_round_one():
-            if not killed and (out / "metrics.jsonl").is_file() and read_metrics(out):
-                fl.procs.kill("supernode2")
-                killed["at"] = time.monotonic()
-
-        status = fl.wait_run(run_id, timeout_s=500, on_poll=kill_after_round_one)
+        status, killed = wait_killing_node_two_after_round_one(fl, run_id, out)
         assert status.completed, (status.status, status.details)
     assert_all_stopped(fl)
     assert killed, "round 1 never finished"

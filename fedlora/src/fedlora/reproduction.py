@@ -237,19 +237,26 @@ def client_values(run: dict) -> dict[str, float]:
 
 
 def client_table(methods: dict[str, list[dict]]) -> list[str]:
+    note = ("Held-out: every client's own model scored on items of its own partition held out of training "
+            "(`federation.client_holdout`), mean over clients, in the last evaluated round. A client's own "
+            "model is the global for every method but FedSA-LoRA, whose clients keep their own B (its "
+            "\"Final acc\" above is an evaluation-only global, A_g with the clients' mean B). Up: the factors "
+            "and head the round's clients send (at their own rank); down: the global sent to them; MB = 10^6 "
+            "bytes per round, all sampled clients together. Mean ± population std (ddof=0) over complete "
+            "seeds; n/a where the runs did not record it.")
+    return run_values_table(methods, CLIENT_COLUMNS, client_values, note)
+
+
+def run_values_table(methods: dict[str, list[dict]], columns: list[tuple[str, str, int]], values_of,
+                     note: str) -> list[str]:
+    """Methods as rows: `values_of(run)` (a dict of the columns' keys it has) of every complete
+    run, mean ± population std per column; n/a where no run has the key."""
     rows = []
     for method, runs in methods.items():
-        per_run = [client_values(r) for r in runs if r["summary"] is not None]
-        cells = [_cell([v[key] for v in per_run if key in v], 0, digits) for _, key, digits in CLIENT_COLUMNS]
+        per_run = [values_of(r) for r in runs if r["summary"] is not None]
+        cells = [_cell([v[key] for v in per_run if key in v], 0, digits) for _, key, digits in columns]
         rows.append([method_label(method), _count(runs), *cells])
-    lines = ["Held-out: every client's own model scored on items of its own partition held out of training "
-             "(`federation.client_holdout`), mean over clients, in the last evaluated round. A client's own "
-             "model is the global for every method but FedSA-LoRA, whose clients keep their own B (its "
-             "\"Final acc\" above is an evaluation-only global, A_g with the clients' mean B). Up: the factors "
-             "and head the round's clients send (at their own rank); down: the global sent to them; MB = 10^6 "
-             "bytes per round, all sampled clients together. Mean ± population std (ddof=0) over complete "
-             "seeds; n/a where the runs did not record it.", ""]
-    return lines + _table(["Method", "n", *(c[0] for c in CLIENT_COLUMNS)], rows)
+    return [note, ""] + _table(["Method", "n", *(c[0] for c in columns)], rows)
 
 
 # -- direction of findings vs the reference ---------------------------------------------------
@@ -479,17 +486,12 @@ def drift_values(run: dict) -> dict[str, float]:
 def drift_table(methods: dict[str, list[dict]]) -> list[str]:
     if not any(m.client_update_norm for rs in methods.values() for r in rs for m in r["metrics"]):
         return ["Client drift is not recorded in these runs (metrics.jsonl has no `client_update_norm`).", ""]
-    rows = []
-    for method, runs in methods.items():
-        per_run = [drift_values(r) for r in runs if r["summary"] is not None]
-        cells = [_cell([v[key] for v in per_run if key in v], 0, digits) for _, key, digits in DRIFT_COLUMNS]
-        rows.append([method_label(method), _count(runs), *cells])
-    lines = ["Drift = ||ΔW_k − ΔW_start||_F over all LoRA layers: how far a sampled client's merged update "
-             "moved from the round's starting global during its local steps, averaged over the round's "
-             "clients (and over rounds for the first column). Penalty share = client penalty / (task loss + "
-             "penalty), mean over clients and rounds (0 without a client penalty). Mean ± population std "
-             "(ddof=0) over complete seeds; n/a where the runs did not record it.", ""]
-    return lines + _table(["Method", "n", *(c[0] for c in DRIFT_COLUMNS)], rows)
+    note = ("Drift = ||ΔW_k − ΔW_start||_F over all LoRA layers: how far a sampled client's merged update "
+            "moved from the round's starting global during its local steps, averaged over the round's "
+            "clients (and over rounds for the first column). Penalty share = client penalty / (task loss + "
+            "penalty), mean over clients and rounds (0 without a client penalty). Mean ± population std "
+            "(ddof=0) over complete seeds; n/a where the runs did not record it.")
+    return run_values_table(methods, DRIFT_COLUMNS, drift_values, note)
 
 
 # -- penalty strength grid --------------------------------------------------------------------
