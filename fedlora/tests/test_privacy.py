@@ -3,8 +3,10 @@ import math
 
 import pytest
 import torch
+from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
 
 from fedlora.config import MethodConfig, PrivacySection
+from fedlora.flower.records import state_to_arrays
 from fedlora.methods import build_method
 from fedlora.privacy import clip_factors, epsilon_after, noisy_mean, private_aggregate
 from fedlora.state import AdapterState, LoraFactors
@@ -48,6 +50,20 @@ def test_clipped_updates_never_exceed_the_clipping_norm(sent):
                     assert torch.equal(getattr(f, k2), getattr(update.lora[name], k2))
 
 
+def test_client_clipping_equals_flowers_fixedclipping_mod():
+    """FedAvg's reply carries every array the server sent, the one case `fixedclipping_mod` takes:
+    Flower's clipping of it (`compute_clip_model_update`, what the mod runs) is ours."""
+    start = adapter(0)
+    update = adapter(1, base=start, step=0.3)
+    assert sent_norm(update, start, "AB") > 1.0  # so that the clipping acts
+    ours = state_to_arrays(clip_factors(update, start, "AB", clipping_norm=1.0)).to_numpy_ndarrays()
+    flowers = state_to_arrays(update).to_numpy_ndarrays()
+    compute_clip_model_update(flowers, state_to_arrays(start).to_numpy_ndarrays(), clipping_norm=1.0)
+    for a, b in zip(ours, flowers, strict=True):
+        # float32 on both sides, ours scales in float32 from a float64 norm: a few ulps apart
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-6)
+
+
 def test_noise_has_the_configured_standard_deviation():
     start = AdapterState(lora={"big": LoraFactors(torch.zeros(8, 400), torch.zeros(300, 8))}, head={})
     updates = [start] * 4  # zero contributions: the mean is pure noise
@@ -55,7 +71,7 @@ def test_noise_has_the_configured_standard_deviation():
     mean, norms = noisy_mean(updates, start, "AB", S, "factors", cfg, torch.Generator().manual_seed(0), clip=True)
     assert norms == [0.0] * 4
     noise = torch.cat([t.flatten() for t in mean.values()])
-    expected = 1.5 * 2.0 / 4  # noise_multiplier * C / n (Flower's compute_stdv)
+    expected = compute_stdv(noise_multiplier=1.5, clipping_norm=2.0, num_sampled_clients=4)  # 1.5 * 2 / 4
     # 5600 draws: the sample std is within 3% of sigma with probability > 0.99 (std error ~1%).
     assert noise.std().item() == pytest.approx(expected, rel=0.03)
     assert abs(noise.mean().item()) < 4 * expected / math.sqrt(noise.numel())
