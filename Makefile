@@ -103,13 +103,16 @@ reproduce-privacy: $(STAMP)
 	done
 
 # Reproduction pages in docs/results/ from finished (or partly finished) run folders: the drift-scale
-# study (make reproduce) on its own page, the other fedlora sweeps on another.
-FEDLORA_SWEEPS ?= sweeps/methods-smollm2-135m sweeps/methods-client-ranks sweeps/cpu-smollm2-135m sweeps/cpu-minilm
+# study (make reproduce), every method side by side with the privacy study (make reproduce-methods,
+# make reproduce-privacy), the small-scale study (make reproduce-small), the hyperunmix benches.
 HYPERUNMIX_BENCHES ?= runs/bench runs/bench-urban
 report: $(STAMP)
 	$(PY) -m fedlora.reproduction --sweeps sweeps/drift-smollm2-135m --grid sweeps/drift-penalty-grid \
 		--out docs/results/fedlora-drift.md
-	$(PY) -m fedlora.reproduction --sweeps $(FEDLORA_SWEEPS) --privacy sweeps/privacy --out docs/results/fedlora.md
+	$(PY) -m fedlora.reproduction --title "fedlora: every method side by side" \
+		--sweeps sweeps/methods-smollm2-135m sweeps/methods-client-ranks --privacy sweeps/privacy \
+		--out docs/results/fedlora-methods.md
+	$(PY) -m fedlora.reproduction --sweeps sweeps/cpu-smollm2-135m sweeps/cpu-minilm --out docs/results/fedlora.md
 	$(PY) -m hyperunmix.reproduction --bench $(HYPERUNMIX_BENCHES) --out docs/results/hyperunmix.md
 
 lint: $(STAMP)

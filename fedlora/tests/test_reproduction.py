@@ -244,6 +244,9 @@ def test_cli_and_bad_input(sweep: Path, tmp_path: Path, capsys):
     out = tmp_path / "cli.md"
     main(["--sweeps", str(sweep), "--out", str(out)])
     assert out.is_file() and "wrote" in capsys.readouterr().out
+    assert out.read_text().startswith("# fedlora: reproduction of the reference study\n")
+    main(["--sweeps", str(sweep), "--out", str(out), "--title", "fedlora: every method side by side"])
+    assert out.read_text().startswith("# fedlora: every method side by side\n")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no run folders"):
