@@ -74,6 +74,23 @@ def test_method_variants_run_in_their_own_folders_and_rows(tiny_args, tmp_path):
     assert "Subspace-Reg (mu=0.5, a_b=0.0)" in (out / "table.md").read_text()
 
 
+def test_sweep_settings_need_suit_only_the_listed_methods(tiny_args, tmp_path):
+    """tiny.yaml runs subspace, which takes no client ranks; a sweep of methods that do takes them,
+    and a listed method that does not is refused by name before any run."""
+    ranks = ["--set", "federation.client_ranks={choices: [2, 4], seed: 0}"]
+    refused = runner.invoke(app, ["sweep", str(CONFIGS / "tiny.yaml"), *tiny_args, *ranks, "--methods",
+                                  "flexlora,fedavg", "--seeds", "1", "--out", str(tmp_path / "bad")])
+    assert refused.exit_code == 2 and "method 'fedavg' does not define heterogeneous client ranks" \
+        in one_error_line(refused)
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "sweep"
+    result = runner.invoke(app, ["sweep", str(CONFIGS / "tiny.yaml"), *tiny_args, *ranks, "--methods",
+                                 "flexlora,hetlora", "--seeds", "1", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    with open(out / "results.csv") as fh:
+        assert sorted(r["method"] for r in csv.DictReader(fh)) == ["flexlora", "hetlora"]
+
+
 @pytest.mark.parametrize(("variant", "named"), [("subspace:mu", "expected switch=value"),
                                                 ("subspace:bogus=1", "bogus"),
                                                 ("subspace:mu=-1", "mu")])

@@ -117,7 +117,10 @@ def sweep(config: Path = typer.Argument(..., help="YAML config (the base of ever
         if unknown or not method_list:
             raise ValueError(f"--methods: unknown method(s) {unknown or methods!r}; choose from {', '.join(METHODS)}")
         seed_list = _int_list(seeds, "--seeds")
-        cfg = load_config(config, set_ or [])
+        # Every run replaces the config's method by its own: the base is checked with the first one
+        # listed (a setting such as federation.client_ranks may not suit the config's method), and
+        # every listed variant with it before any run.
+        cfg = load_config(config, [f"method.name={method_list[0].partition(':')[0]}", *(set_ or [])])
         out = out or _default_out("sweeps", config.stem)
         run_sweep(cfg, out, method_list, seed_list,
                   models=[m.strip() for m in models.split(",")] if models else None,
