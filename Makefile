@@ -84,7 +84,7 @@ reproduce-small: $(STAMP)
 		--out sweeps/cpu-minilm
 
 # Every registered method x 3 seeds on the demo's SmolLM2 setting, then the three methods that take
-# heterogeneous client ranks with ranks drawn from {2, 4, 8}: 48 runs, about 3 hours on 2 CPU cores.
+# heterogeneous client ranks with ranks drawn from {2, 4, 8}: 48 runs of 3-4 minutes, about 2.5 hours on 2 CPU cores.
 METHODS_CONFIG := fedlora/configs/methods-smollm2-135m.yaml
 reproduce-methods: $(STAMP)
 	$(VENV)/bin/fedlora sweep $(METHODS_CONFIG) --no-progress --seeds 42,43,44 --out sweeps/methods-smollm2-135m \

@@ -452,3 +452,19 @@ def test_privacy_study_table(tmp_path: Path):
         assert cells[2] == f"{len(SEEDS)} of {len(SEEDS)}"
         assert cells[7] == f"{np.mean(eps):.3f} ± {np.std(eps, ddof=1):.3f}"  # epsilon of the last round
         assert cells[8] == "2.000 ± 0.000"  # mean contribution norm
+
+
+def test_every_method_of_a_comparison_plot_has_its_own_line(tmp_path, monkeypatch):
+    """Thirteen methods outnumber matplotlib's ten colours: no two lines may look alike."""
+    from fedlora import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    runs = [(f"method{i}", [RoundRecord(round=0, accuracy=0.3, loss=1.37),
+                            RoundRecord(round=1, accuracy=0.3 + i / 100, loss=1.37 - i / 100)]) for i in range(13)]
+    plots.plot_comparison(runs, tmp_path)
+    assert figures
+    for fig in figures:
+        lines = [line for line in fig.axes[0].get_lines() if line.get_label().startswith("method")]
+        assert len(lines) == 13
+        assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 13

@@ -77,6 +77,9 @@ def plot_run(metrics: list[RoundRecord], folder: Path, title: str = "") -> list[
     return written
 
 
+LINE_STYLES = ["-", "--", ":", "-."]
+
+
 def plot_comparison(runs: list[tuple[str, list[RoundRecord]]], folder: Path, model: str = "") -> list[Path]:
     """`runs` = (method, metrics) pairs; plots the mean over seeds per method and round."""
     written = []
@@ -96,17 +99,22 @@ def plot_comparison(runs: list[tuple[str, list[RoundRecord]]], folder: Path, mod
         if not per_method:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.8))
-        for method, by_round in per_method.items():
+        for i, (method, by_round) in enumerate(per_method.items()):
             rounds = sorted(by_round)
             mean = np.array([np.mean(by_round[r]) for r in rounds])
             std = np.array([np.std(by_round[r]) for r in rounds])
-            ax.plot(rounds, mean, marker="o", ms=3, label=method)
-            ax.fill_between(rounds, mean - std, mean + std, alpha=0.15)
+            # ten colours, then the same colours dashed, dotted...: every method its own line
+            color, style = f"C{i % 10}", LINE_STYLES[i // 10 % len(LINE_STYLES)]
+            ax.plot(rounds, mean, marker="o", ms=3, color=color, linestyle=style, label=method)
+            ax.fill_between(rounds, mean - std, mean + std, color=color, alpha=0.15)
         _reference_lines(ax, key, zero_shot)
         ax.set_xlabel("round")
         ax.set_ylabel(label)
         ax.set_title(f"{model}: {label} (mean ± std over seeds)".strip(": "))
-        ax.legend(fontsize=8)
+        if len(per_method) > 6:  # beside the axes, where it hides no line
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        else:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         name = f"compare_{key}.png" if not model else f"compare_{_slug(model)}_{key}.png"
         _save(fig, folder / name)
