@@ -1,11 +1,13 @@
 """GAUSS: guided encoder-decoder unmixing with spatial smoothness (arXiv 2204.07713).
 
 Stage 1 (`GAUSS`): the approximation network AN denoises every pixel from its neighbourhood;
-k-means on its output gives one-hot pseudo ground truth for the unmixing network UN; the
-mixing network MN learns to rebuild the AN output from the UN abundances, detached, so
-reconstruction gradients never reach the UN. Stage 2 trains UN and MN end to end on the
-reconstruction error, guided either by the decaying pseudo-GT term (`variant="blind"`) or by
-the abundances of a signal-processing method as soft targets (`variant="prime"`).
+k-means on its output gives pseudo ground truth for the unmixing network UN (one-hot on p
+clusters in the paper; by default here, the extreme clusters of 24 and soft targets for mixed
+ones, `pseudo_gt="extreme"`); the mixing network MN learns to rebuild the AN output from the
+UN abundances, detached, so reconstruction gradients never reach the UN. Stage 2 trains UN and
+MN end to end on the reconstruction error, guided either by the pseudo-GT term
+(`variant="blind"`) or by the abundances of a signal-processing method as soft targets
+(`variant="prime"`).
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ def scaled_endmembers(Y: np.ndarray, E: np.ndarray, A: np.ndarray) -> np.ndarray
 
 
 REFINE_EPOCHS = 10  # the default of `refine_epochs` for variant "blind"
+KMEANS_CLUSTERS = 24  # the default of `kmeans_clusters` (twice n_endmembers when that is more)
 EXHAUSTIVE_SUBSETS = 20000  # above this many p-subsets of the centroids, N-FINDR-style swaps
 
 
@@ -72,17 +75,18 @@ class GAUSS(Unmixer):
 
     variant: "stage1" (AN, UN guided by k-means pseudo-GT, MN on the detached UN output), or
     stage 1 followed by stage 2, UN + MN trained end to end on the reconstruction error:
-    "blind" (GAUSS_blind) keeps the pseudo-GT term with weight `pseudo_gt_weight * decay**epoch`;
-    "prime" (GAUSS_prime) uses the abundances of `prime_method` (default VCA + FCLSU) as soft
-    targets, weight `prime_weight * decay**epoch`. Stage-2 parameters are ignored by "stage1".
+    "blind" (GAUSS_blind) keeps the pseudo-GT term with weight
+    `pseudo_gt_weight * pseudo_gt_decay**epoch` (3, no decay: see below); "prime" (GAUSS_prime)
+    uses the abundances of `prime_method` (default VCA + FCLSU) as soft targets, weight
+    `prime_weight * prime_decay**epoch`. Stage-2 parameters are ignored by "stage1".
 
     The stage-2 reconstruction loss defaults to the spectral angle alone (`stage2_mse_weight`
     0): it ignores each pixel's brightness (illumination, topography), which otherwise leaks
     into the abundances; with lr 3e-3 this took Samson from 0.24 to 0.11 aRMSE and Jasper
     Ridge from 0.125 to 0.11 (docs/ablation.md). `smooth_weight` adds the squared abundance
     difference to the right and lower neighbours (off by default: it hurt both scenes). The
-    guide targets fade (decay 0.8) so that the prime method's own errors do not cap the result;
-    with no decay, Jasper Ridge's VCA abundances held GAUSS_prime at ~16 deg.
+    prime targets fade (`prime_decay` 0.8) so that the prime method's own errors do not cap the
+    result; with no decay, Jasper Ridge's VCA abundances held GAUSS_prime at ~16 deg.
 
     A scene of more than `sample_size` pixels trains on a seeded sample of that many pixels, their
     neighbourhoods read from the cube per minibatch (`neighbourhoods.Streamed`); the pseudo-GT is
@@ -90,14 +94,26 @@ class GAUSS(Unmixer):
     a whole scene, on a set that is bounded anyway, where `MiniBatchKMeans` would add a second
     approximation. The abundances of every pixel then come from `transform`.
 
-    kmeans_clusters: k-means clusters for the pseudo-GT (None: `n_endmembers`, the paper's). With
-    more clusters, the `n_endmembers` centroids spanning the largest simplex (in the data's
-    principal subspace) become the pseudo endmembers, and every cluster's pseudo-GT is the FCLSU
-    abundance of its centroid on them (one-hot for the chosen clusters), so clusters of mixed
-    pixels give soft targets instead of claiming an endmember of their own (`pseudo_endmembers_`
-    holds the pseudo-GT classes' centroids). Starting the linear MN at those centroids was tried
-    and dropped: Samson 2.27 / Jasper Ridge 7.46 deg against 2.44 / 7.64 without (seed 0, 12
-    clusters), within seed noise.
+    pseudo_gt: "kmeans" (the paper's: k-means with `n_endmembers` clusters, one-hot targets) or
+    "extreme" (None: "extreme", but "kmeans" for "prime", see below): k-means with
+    `kmeans_clusters` clusters (None: 24, or twice `n_endmembers` when that is more); the
+    `n_endmembers` centroids spanning the largest simplex (in the data's principal subspace)
+    become the pseudo endmembers (`pseudo_endmembers_`), every cluster whose FCLSU abundance on
+    one of them is at least `pure_threshold` counts as pure for it (one-hot target), and every
+    other cluster's target is its FCLSU abundance on them, so clusters of mixed pixels give soft
+    targets instead of claiming an endmember of their own. With k-means on p clusters, a rare
+    material (Jasper Ridge's road, 2% of its pixels) gets no cluster of its own while the common
+    ones split; with more clusters it gets one, and the extreme clusters find it. With the blind
+    guide kept at weight 3 without decay, the endmembers stay near the pure clusters (5 seeds,
+    gauss-blind, mean SAD deg / aRMSE): Jasper Ridge 6.68 / 0.109 -> 2.96 / 0.059, Samson 2.03 /
+    0.041 -> 1.99 / 0.044, but the synthetic scenes, whose pure pixels are 1% of the scene, 1.02
+    / 0.041 -> 1.53 / 0.036 and bilinear 1.47 / 0.062 -> 1.99 / 0.060 (docs/ablation.md). Every
+    pure cluster counts (`pure_threshold` 0.9), not the chosen one alone (1): Samson 2.25 ->
+    1.99 deg, Jasper Ridge 3.14 -> 2.96; 0.8 took the synthetic scene to 2.64 deg. Stage 1 alone
+    gains on every scene (Samson 5.53 -> 2.81 deg, Jasper Ridge 6.50 -> 3.54), but GAUSS_prime,
+    whose stage 1 only aligns the prime targets with the UN's outputs, loses (Samson 2.18 ->
+    2.47, Jasper Ridge 9.37 -> 13.14 deg, seeds 0-1), hence "kmeans" there. Starting the linear
+    MN at the chosen centroids was tried and dropped (within seed noise).
 
     After stage 2 ("blind", "prime"): `unit_endmembers` scales the linear MN's columns to unit
     norm (no effect on a deep MN), and `refine_epochs` trains the UN alone (MN, AN fixed, no
@@ -107,16 +123,12 @@ class GAUSS(Unmixer):
     endmembers), and the refine epochs make the UN's abundances match the rescaled endmembers,
     so use the two together. Both default to None: on (10 epochs) for "blind", off for "prime".
     The endmember directions and so the SAD are unchanged; the 5-seed mean aRMSE of gauss-blind
+    (with the paper's pseudo-GT, guide weight 1 decaying by 0.8 per epoch, as then the default)
     went from 0.113 to 0.041 on Samson, 0.114 to 0.109 on Jasper Ridge and 0.051 to 0.041 on the
     synthetic scene, fit time +10-15% (1 thread). For gauss-prime it went from 0.108 to 0.050 on
     Samson and 0.056 to 0.043 on the synthetic scene but from 0.101 to 0.118 on Jasper Ridge,
     hence off there. Samson's and Jasper Ridge's reference abundances are both closer to the
     SAD-optimal ones for unit-norm reference endmembers than for their stored scales.
-    `kmeans_clusters` with `decay=1` and `pseudo_gt_weight=3` keeps the endmembers near the
-    extreme centroids (5 seeds, gauss-blind, mean SAD deg / aRMSE): 12 clusters, Jasper Ridge
-    2.25 / 0.055 but the synthetic scene 2.43 / 0.040 (default 1.05 / 0.040) and Samson
-    2.29 / 0.057 (default 2.12 / 0.043); 24 clusters, Jasper Ridge 3.16 / 0.061, synthetic
-    1.44 / 0.034, Samson 2.17 / 0.055. The synthetic SAD regression keeps it off by default.
 
     abundances_from: "network" (UN(AN(patch)), the paper's), "fcls" (FCLSU of each pixel with the
     MN's endmembers) or "scaled-fcls" (the same after scaling each endmember by least squares,
@@ -141,10 +153,11 @@ class GAUSS(Unmixer):
         "batch_size": [POSITIVE_INT],
         "sad_weight": [NON_NEGATIVE_REAL],
         "kmeans_n_init": [POSITIVE_INT],
+        "pseudo_gt": [StrOptions({"kmeans", "extreme"}), None],
         "kmeans_clusters": [POSITIVE_INT, None],  # at least n_endmembers: checked in _pseudo_ground_truth
+        "pure_threshold": [UNIT_INTERVAL],
         "tile_pixels": [POSITIVE_INT],
         "device": [str],  # whether it exists is checked in _check_device
-        "decay": [UNIT_INTERVAL],
         "stage2_epochs": [NON_NEGATIVE_INT],
         "stage2_lr": [POSITIVE_REAL],
         "train_an": ["boolean"],
@@ -153,9 +166,11 @@ class GAUSS(Unmixer):
         "refine_epochs": [NON_NEGATIVE_INT, None],
         "unit_endmembers": ["boolean", None],
         "pseudo_gt_weight": [NON_NEGATIVE_REAL],
+        "pseudo_gt_decay": [UNIT_INTERVAL],
         "prime_method": [StrOptions(set(METHODS))],
         "prime_params": [dict, None],
         "prime_weight": [NON_NEGATIVE_REAL],
+        "prime_decay": [UNIT_INTERVAL],
         "abundances_from": [StrOptions({"network", "fcls", "scaled-fcls"})],
     }
 
@@ -176,10 +191,11 @@ class GAUSS(Unmixer):
         batch_size: int = 256,
         sad_weight: float = 3.0,
         kmeans_n_init: int = 10,
+        pseudo_gt: str | None = None,
         kmeans_clusters: int | None = None,
+        pure_threshold: float = 0.9,
         tile_pixels: int = 16384,
         device: str = "cpu",
-        decay: float = 0.8,
         stage2_epochs: int = 40,
         stage2_lr: float = 3e-3,
         train_an: bool = False,
@@ -187,10 +203,12 @@ class GAUSS(Unmixer):
         smooth_weight: float = 0.0,
         refine_epochs: int | None = None,
         unit_endmembers: bool | None = None,
-        pseudo_gt_weight: float = 1.0,
+        pseudo_gt_weight: float = 3.0,
+        pseudo_gt_decay: float = 1.0,
         prime_method: str = "vca-fcls",
         prime_params: dict | None = None,
         prime_weight: float = 1.0,
+        prime_decay: float = 0.8,
         abundances_from: str = "network",
         sample_size: int = SAMPLE_SIZE,
     ):
@@ -208,10 +226,11 @@ class GAUSS(Unmixer):
         self.batch_size = batch_size
         self.sad_weight = sad_weight
         self.kmeans_n_init = kmeans_n_init
+        self.pseudo_gt = pseudo_gt
         self.kmeans_clusters = kmeans_clusters
+        self.pure_threshold = pure_threshold
         self.tile_pixels = tile_pixels
         self.device = device
-        self.decay = decay
         self.stage2_epochs = stage2_epochs
         self.stage2_lr = stage2_lr
         self.train_an = train_an
@@ -220,9 +239,11 @@ class GAUSS(Unmixer):
         self.refine_epochs = refine_epochs
         self.unit_endmembers = unit_endmembers
         self.pseudo_gt_weight = pseudo_gt_weight
+        self.pseudo_gt_decay = pseudo_gt_decay
         self.prime_method = prime_method
         self.prime_params = prime_params
         self.prime_weight = prime_weight
+        self.prime_decay = prime_decay
         self.abundances_from = abundances_from
 
     # ---- shared pieces -------------------------------------------------------------------
@@ -252,7 +273,11 @@ class GAUSS(Unmixer):
     def _pseudo_ground_truth(self, approx: torch.Tensor, seed: int) -> torch.Tensor:
         """(n, p) pseudo-GT of the training pixels; sets `pseudo_endmembers_` (L, p)."""
         p = self.n_endmembers
-        K = p if self.kmeans_clusters is None else self.kmeans_clusters
+        pseudo_gt = self.pseudo_gt or ("kmeans" if self.variant == "prime" else "extreme")
+        if pseudo_gt == "kmeans":
+            K = p
+        else:
+            K = max(KMEANS_CLUSTERS, 2 * p) if self.kmeans_clusters is None else self.kmeans_clusters
         if K < p:
             raise ValueError(f"kmeans_clusters={K} must be at least n_endmembers={p}")
         data = (approx if self.kmeans_on == "approx" else self._source.centre).cpu().numpy()
@@ -264,9 +289,11 @@ class GAUSS(Unmixer):
         chosen = extreme_centroids(centroids, p, data.astype(np.float64))
         self.pseudo_endmembers_ = centroids[chosen].T
         soft = fcls(centroids.T, self.pseudo_endmembers_).T  # (K, p): each centroid on the chosen ones
-        soft[chosen] = np.eye(p)
         soft = np.clip(soft, 0.0, None)
         soft /= soft.sum(axis=1, keepdims=True)
+        soft[chosen] = np.eye(p)
+        pure = soft.max(axis=1) >= self.pure_threshold
+        soft[pure] = np.eye(p)[soft[pure].argmax(axis=1)]
         return torch.as_tensor(soft[labels], dtype=torch.float32, device=approx.device)
 
     def _fit_stage1(self, seed: int, gen: torch.Generator) -> torch.Tensor:
@@ -292,11 +319,11 @@ class GAUSS(Unmixer):
         if self.variant == "stage1":
             return
         if self.variant == "blind":
-            targets, weight = self.pseudo_gt_, self.pseudo_gt_weight
+            targets, weight, decay = self.pseudo_gt_, self.pseudo_gt_weight, self.pseudo_gt_decay
         else:
             self.prime_targets_ = targets = self._prime_targets(cube, approx, seed)
-            weight = self.prime_weight
-        self._end_to_end(approx, targets, lambda epoch: weight * self.decay**epoch, gen)
+            weight, decay = self.prime_weight, self.prime_decay
+        self._end_to_end(approx, targets, lambda epoch: weight * decay**epoch, gen)
         self._refine(approx, gen)
 
     def _refine(self, approx: torch.Tensor, gen: torch.Generator) -> None:
