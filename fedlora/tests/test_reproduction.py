@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import special, stats
 
 from fedlora.config import RunConfig, dump_config
 from fedlora.records import RoundRecord
@@ -436,7 +436,7 @@ def test_privacy_study_table(tmp_path: Path):
     for sigma in (0.0, 0.01):
         for seed in SEEDS:
             run = folder / f"noise{sigma}" / "tiny-encoder" / "fedavg" / f"seed{seed}"
-            write_run(run, "fedavg", seed)
+            write_run(run, "fedavg", seed, switches={"mu": sigma})  # eval scores differ by noise level
             cfg = RunConfig(model={"name": "tiny-encoder"}, rounds=ROUNDS, seed=seed, threads=1,
                             method={"name": "fedavg"}, eval={"zero_shot": True}, federation={"weighting": "uniform"},
                             privacy={"enabled": True, "noise_multiplier": sigma})
@@ -450,8 +450,20 @@ def test_privacy_study_table(tmp_path: Path):
         row = next(line for line in text.splitlines() if line.startswith(f"| FedAvg | {sigma:g} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[2] == f"{len(SEEDS)} of {len(SEEDS)}"
-        assert cells[7] == f"{np.mean(eps):.3f} ± {np.std(eps, ddof=1):.3f}"  # epsilon of the last round
-        assert cells[8] == "2.000 ± 0.000"  # mean contribution norm
+        assert cells[8] == f"{np.mean(eps):.3f} ± {np.std(eps, ddof=1):.3f}"  # epsilon of the last round
+        assert cells[9] == "2.000 ± 0.000"  # mean contribution norm
+    # Δ loss vs no noise: the noisy final loss minus the noise-free one, item by item, mean over
+    # seeds and items; the noise-free row has none.
+    def losses(cell: int) -> list[np.ndarray]:
+        scores = [item_scores("fedavg", seed, ROUNDS, cell).astype(np.float64) for seed in SEEDS]
+        return [-special.log_softmax(x, axis=1)[np.arange(ITEMS), ITEM_LABELS] for x in scores]
+
+    noisy, clean = losses(10), losses(0)  # write_run's cell: 1000 x mu
+    expected_cost = np.mean(np.mean(noisy, axis=0) - np.mean(clean, axis=0))
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| FedAvg |")}
+    assert rows["0.01"][6].startswith(f"{expected_cost:+.4f} [") and rows["0"][6] == "—"
+    assert expected_cost < 0  # the fake noisy runs lean further toward the labels
 
 
 def test_every_method_of_a_comparison_plot_has_its_own_line(tmp_path, monkeypatch):

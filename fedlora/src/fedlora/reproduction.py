@@ -547,8 +547,9 @@ def grid_section(grid: Path, sweep_runs: list[dict]) -> list[str]:
 # -- differential privacy study --------------------------------------------------------------
 def privacy_section(folder: Path) -> list[str]:
     """Methods x noise multipliers of a folder of sweep folders (`make reproduce-privacy`): mean ±
-    sample std over complete seeds of the final scores, the gain over zero-shot paired over items,
-    the last round's basis overlap and the epsilon spent."""
+    sample std over complete seeds of the final scores, the gain over zero-shot and the loss
+    against the same method without noise, both paired over items, the last round's basis
+    overlap and the epsilon spent."""
     lines = [f"## Differential privacy `{folder.name}`", "", f"Source: `{folder}`", ""]
     if not folder.is_dir():
         return lines + [f"`{folder}` does not exist: the study was not run.", ""]
@@ -556,23 +557,28 @@ def privacy_section(folder: Path) -> list[str]:
     cells: dict[tuple[str, float], list[dict]] = defaultdict(list)
     for run in runs:
         cells[run["method"], run["config"].privacy.noise_multiplier].append(run)
+    complete = {cell: [r for r in group if r["summary"] is not None] for cell, group in cells.items()}
     rows = []
     for (method, sigma), group in sorted(cells.items(), key=lambda kv: (method_order(kv[0][0]), kv[0][1])):
-        done = [r for r in group if r["summary"] is not None]
+        done = complete[method, sigma]
         pairs = gain_pairs({method: done}, method, None)
         gain = item_gains(pairs)["accuracy"] if pairs else None
+        noisy = gain_pairs({"noisy": done, "clean": complete.get((method, 0.0), [])}, "noisy", "clean")
+        noise_cost = "—" if sigma == 0 else _interval(item_gains(noisy)["loss"], 4) if noisy else "n/a"
         last = [r["metrics"][-1] for r in done]
         rows.append([method_label(method), f"{sigma:g}", _count(group),
                      _cell([_value(r, "final_accuracy") for r in done], 1, 3),
                      _cell([_value(r, "final_loss") for r in done], 1, 4),
-                     _interval(gain, 3) if gain else "n/a",
+                     _interval(gain, 3) if gain else "n/a", noise_cost,
                      _cell([v for r in done if (v := _num(last_geometry(r).get("basis_overlap"))) is not None], 1, 4),
                      _cell([m.privacy_epsilon for m in last if m.privacy_epsilon is not None], 1, 3),
                      _cell([float(np.mean(m.contribution_norms)) for m in last if m.contribution_norms], 1, 3)])
     header = ["Method", "Noise multiplier", "Seeds", "Final acc", "Final loss", "Δ acc vs zero-shot [95% CI]",
-              "Basis overlap (paper)", "Epsilon", "Contribution norm"]
+              "Δ loss vs no noise [95% CI]", "Basis overlap (paper)", "Epsilon", "Contribution norm"]
     return lines + ["Mean ± sample std (ddof=1) over complete seeds. Δ acc: final - zero-shot on the same items, "
                     "each item averaged over seeds, paired t over items (`stats.seed_averaged_difference`). "
+                    "Δ loss vs no noise: final loss - the same method's with noise multiplier 0, paired the "
+                    "same way over the seeds both have. "
                     "Epsilon: cumulative at `privacy.delta` after the last round (Flower's RDP accountant; "
                     "inf without noise). Contribution norm: last round's mean, as received.", ""] + _table(header, rows)
 
