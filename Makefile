@@ -93,7 +93,7 @@ reproduce-methods: $(STAMP)
 		--methods flora,flexlora,hetlora --set 'federation.client_ranks={choices: [2, 4, 8], seed: 0}'
 
 # Differential privacy: accuracy, loss and basis overlap against the noise multiplier for FedAvg,
-# FFA-LoRA, FedSVD and Subspace-Reg, 3 seeds: 60 runs of 3-5 minutes, about 4 hours on 2 cores.
+# FFA-LoRA, FedSVD and Subspace-Reg, 3 seeds: 60 runs of 2-3 minutes, about 2.3 hours on 2 cores.
 PRIVACY_CONFIG := fedlora/configs/privacy-smollm2-135m.yaml
 NOISE_MULTIPLIERS := 0 0.0003 0.001 0.003 0.01
 reproduce-privacy: $(STAMP)

@@ -106,14 +106,15 @@ class GAUSS(Unmixer):
     ones split; with more clusters it gets one, and the extreme clusters find it. With the blind
     guide kept at weight 3 without decay, the endmembers stay near the pure clusters (5 seeds,
     gauss-blind, mean SAD deg / aRMSE): Jasper Ridge 6.68 / 0.109 -> 2.96 / 0.059, Samson 2.03 /
-    0.041 -> 1.99 / 0.044, but the synthetic scenes, whose pure pixels are 1% of the scene, 1.02
-    / 0.041 -> 1.53 / 0.036 and bilinear 1.47 / 0.062 -> 1.99 / 0.060 (docs/ablation.md). Every
-    pure cluster counts (`pure_threshold` 0.9), not the chosen one alone (1): Samson 2.25 ->
-    1.99 deg, Jasper Ridge 3.14 -> 2.96; 0.8 took the synthetic scene to 2.64 deg. Stage 1 alone
-    gains on every scene (Samson 5.53 -> 2.81 deg, Jasper Ridge 6.50 -> 3.54), but GAUSS_prime,
-    whose stage 1 only aligns the prime targets with the UN's outputs, loses (Samson 2.18 ->
-    2.47, Jasper Ridge 9.37 -> 13.14 deg, seeds 0-1), hence "kmeans" there. Starting the linear
-    MN at the chosen centroids was tried and dropped (within seed noise).
+    0.041 -> 1.99 / 0.044, but the synthetic scenes, whose pure pixels are 1.25% of the scene
+    per material, 1.02 / 0.041 -> 1.53 / 0.036 and bilinear 1.47 / 0.062 -> 1.99 / 0.060
+    (docs/ablation.md). Every pure cluster counts (`pure_threshold` 0.9), not the chosen one
+    alone (1): Samson 2.25 -> 1.99 deg, Jasper Ridge 3.14 -> 2.96; 0.8 took the synthetic scene
+    to 2.64 deg. Stage 1 alone gains on every scene (Samson 5.53 -> 2.81 deg, Jasper Ridge 6.50
+    -> 3.54), but GAUSS_prime, whose stage 1 only aligns the prime targets with the UN's
+    outputs, loses (Samson 2.18 -> 2.47, Jasper Ridge 9.37 -> 13.14 deg, seeds 0-1), hence
+    "kmeans" there. Starting the linear MN at the chosen centroids was tried and dropped (within
+    seed noise).
 
     After stage 2 ("blind", "prime"): `unit_endmembers` scales the linear MN's columns to unit
     norm (no effect on a deep MN), and `refine_epochs` trains the UN alone (MN, AN fixed, no
