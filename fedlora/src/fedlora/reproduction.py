@@ -563,8 +563,10 @@ def privacy_section(folder: Path) -> list[str]:
         done = complete[method, sigma]
         pairs = gain_pairs({method: done}, method, None)
         gain = item_gains(pairs)["accuracy"] if pairs else None
-        noisy = gain_pairs({"noisy": done, "clean": complete.get((method, 0.0), [])}, "noisy", "clean")
-        noise_cost = "—" if sigma == 0 else _interval(item_gains(noisy)["loss"], 4) if noisy else "n/a"
+        noise_cost = "—"
+        if sigma:
+            noisy = gain_pairs({"noisy": done, "clean": complete.get((method, 0.0), [])}, "noisy", "clean")
+            noise_cost = _interval(item_gains(noisy)["loss"], 4) if noisy else "n/a"
         last = [r["metrics"][-1] for r in done]
         rows.append([method_label(method), f"{sigma:g}", _count(group),
                      _cell([_value(r, "final_accuracy") for r in done], 1, 3),
