@@ -194,6 +194,20 @@ def test_best_run_figures_copied_and_linked(tmp_path: Path):
     assert "hyperunmix bench --config" in text and "total wall time" in text
 
 
+def test_figures_of_an_earlier_best_run_are_removed(tmp_path: Path):
+    """After a rerun changes the best seed, the page's folder holds only what the page links."""
+    bench = make_bench(tmp_path / "bench")
+    out = tmp_path / "docs" / "results" / "hyperunmix.md"
+    folder = out.parent / "hyperunmix" / "bench"
+    earlier = folder / "samson" / "vca-fcls" / "seed2_abundances.png"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"\x89PNG from an earlier render")
+    text = render([bench], out)
+    linked = {out.parent / link for link in re.findall(r"\]\(([^)]+\.png)\)", text)}
+    assert linked and set(folder.rglob("*.png")) == linked
+    assert not earlier.exists()
+
+
 def test_partial_bench_without_results_csv(tmp_path: Path):
     bench = make_bench(tmp_path / "bench", with_csv=False)
     for run in (bench / "runs" / "samson" / "nfindr-fcls").iterdir():
