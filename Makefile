@@ -57,9 +57,12 @@ bench: $(STAMP)
 # finished runs are kept. In the background:
 #   nohup make reproduce > reproduce.log 2>&1 &
 # `reproduce` is the fedlora study at the reference's drift scale (about 4.5 hours on 2 CPU cores:
-# 6 methods x 3 seeds, then a mu x a_B grid of the client penalty on seed 42) and the hyperunmix bench.
+# 6 methods x 3 seeds, then a mu x a_B grid of the client penalty on seed 42) and the hyperunmix
+# benches (about 70 minutes).
 DRIFT_CONFIG := fedlora/configs/drift-smollm2-135m.yaml
 PENALTY_GRID := 0.05:0.1 0.5:0.01 0.5:0.1
+# The stronger baselines: EDAA (minutes per fit); add misicnet on a GPU (hours per fit on a CPU).
+STRONG_BASELINES ?= edaa
 reproduce: $(STAMP)
 	$(VENV)/bin/fedlora sweep $(DRIFT_CONFIG) --no-progress \
 		--methods fedavg,svd,fedsvd,subspace,subspace-server-only,fedavg-penalty --seeds 42,43,44 \
@@ -71,6 +74,7 @@ reproduce: $(STAMP)
 	done
 	$(VENV)/bin/hyperunmix bench --config hyperunmix/configs/bench.yaml --out runs/bench
 	$(VENV)/bin/hyperunmix bench --config hyperunmix/configs/bench_urban.yaml --out runs/bench-urban
+	$(VENV)/bin/hyperunmix bench --config hyperunmix/configs/bench_strong.yaml --methods $(STRONG_BASELINES) --out runs/bench-strong
 
 # The earlier small-scale fedlora study (2 local steps: clients hardly drift), about 2 hours. The MiniLM
 # sweep runs on 1 thread, as for docs/results/ (beside the SmolLM2 sweep): the thread count changes the
@@ -105,7 +109,7 @@ reproduce-privacy: $(STAMP)
 # Reproduction pages in docs/results/ from finished (or partly finished) run folders: the drift-scale
 # study (make reproduce), every method side by side with the privacy study (make reproduce-methods,
 # make reproduce-privacy), the small-scale study (make reproduce-small), the hyperunmix benches.
-HYPERUNMIX_BENCHES ?= runs/bench runs/bench-urban
+HYPERUNMIX_BENCHES ?= runs/bench runs/bench-urban runs/bench-strong
 report: $(STAMP)
 	$(PY) -m fedlora.reproduction --sweeps sweeps/drift-smollm2-135m --grid sweeps/drift-penalty-grid \
 		--out docs/results/fedlora-drift.md
