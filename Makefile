@@ -61,7 +61,7 @@ bench: $(STAMP)
 # benches (about 70 minutes).
 DRIFT_CONFIG := fedlora/configs/drift-smollm2-135m.yaml
 PENALTY_GRID := 0.05:0.1 0.5:0.01 0.5:0.1
-# The stronger baselines: EDAA (minutes per fit); add misicnet on a GPU (hours per fit on a CPU).
+# The stronger baselines: EDAA (2-3 minutes per fit); add misicnet for MiSiCNet (about 7 more hours on 2 cores).
 STRONG_BASELINES ?= edaa
 reproduce: $(STAMP)
 	$(VENV)/bin/fedlora sweep $(DRIFT_CONFIG) --no-progress \
@@ -109,7 +109,9 @@ reproduce-privacy: $(STAMP)
 # Reproduction pages in docs/results/ from finished (or partly finished) run folders: the drift-scale
 # study (make reproduce), every method side by side with the privacy study (make reproduce-methods,
 # make reproduce-privacy), the small-scale study (make reproduce-small), the hyperunmix benches.
-HYPERUNMIX_BENCHES ?= runs/bench runs/bench-urban runs/bench-strong
+# runs/bench-misicnet, where it exists, is MiSiCNet at its full budget on Samson, seed 0 (41 minutes
+# on 2 idle cores): hyperunmix bench --datasets samson --methods misicnet --seeds 0 --figures all --out runs/bench-misicnet
+HYPERUNMIX_BENCHES ?= runs/bench runs/bench-urban runs/bench-strong $(wildcard runs/bench-misicnet)
 report: $(STAMP)
 	$(PY) -m fedlora.reproduction --sweeps sweeps/drift-smollm2-135m --grid sweeps/drift-penalty-grid \
 		--out docs/results/fedlora-drift.md
