@@ -78,6 +78,10 @@ def tables(markdown: str) -> dict[str, tuple[list[str], list[list[str]]]]:
     return found
 
 
+def linked_figures(markdown: str) -> list[str]:
+    return re.findall(r"\]\(([^)]+\.png)\)", markdown)
+
+
 def source_rows(bench: Path) -> list[dict]:
     with open(bench / "results.csv", newline="") as handle:
         return list(csv.DictReader(handle))
@@ -170,7 +174,7 @@ def test_best_run_figures_copied_and_linked(tmp_path: Path):
     bench = make_bench(tmp_path / "bench")
     out = tmp_path / "docs" / "results" / "hyperunmix.md"
     text = render([bench], out)
-    links = re.findall(r"\]\(([^)]+\.png)\)", text)
+    links = linked_figures(text)
     assert links and all((out.parent / link).is_file() for link in links)
     assert all(link.startswith("hyperunmix/bench/") for link in links)
     section = text.split("### Figures of the best run")[1].split("### Commands")[0]
@@ -203,7 +207,7 @@ def test_figures_of_an_earlier_best_run_are_removed(tmp_path: Path):
     earlier.parent.mkdir(parents=True)
     earlier.write_bytes(b"\x89PNG from an earlier render")
     text = render([bench], out)
-    linked = {out.parent / link for link in re.findall(r"\]\(([^)]+\.png)\)", text)}
+    linked = {out.parent / link for link in linked_figures(text)}
     assert linked and set(folder.rglob("*.png")) == linked
     assert not earlier.exists()
 

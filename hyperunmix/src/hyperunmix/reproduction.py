@@ -224,10 +224,10 @@ def figure_lines(bench: dict, page: Path, folder: Path) -> list[str]:
     """Copy the figures of the best run per (real scene, method) beside the page and link them.
     `folder` belongs to the page: figures of an earlier render that this one no longer links (a
     run that was the best before a rerun) are removed, so the folder holds what the page shows."""
-    lines, root, copied = [], bench["path"], set()
+    lines, root, linked = [], bench["path"], set()
 
     def link(path: Path) -> str:
-        copied.add(path)
+        linked.add(path)
         return Path(os.path.relpath(path, page.parent)).as_posix()
 
     for dataset in bench["grid"]["datasets"]:
@@ -242,7 +242,7 @@ def figure_lines(bench: dict, page: Path, folder: Path) -> list[str]:
             lines.append(f"- {method}: " + _method_figures(bench, dataset, method, folder, link))
         lines.append("")
     for stale in sorted(folder.rglob("*.png")) if folder.is_dir() else []:
-        if stale not in copied:
+        if stale not in linked:
             stale.unlink()
     return lines or ["No real scene in this benchmark.", ""]
 
